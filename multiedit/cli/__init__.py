@@ -1,0 +1,75 @@
+"""The ``multiedit`` command line: a thin layer over library functions.
+
+Each verb lives in its own module in this package and defines ``register(subparsers)``, which adds
+its sub-parser and sets ``func`` (a callable taking the parsed namespace and returning an exit
+code). Verbs are discovered at start-up, so adding one never edits this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from ..errors import MultiEditError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="multiedit",
+        description="Multi-task instruction-based image editing (Emu Edit on InstructPix2Pix).",
+    )
+    parser.add_argument("--version", action="version", version=f"multiedit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "register"):
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    _quiet_libraries(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except MultiEditError as exc:
+        print(f"multiedit {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"multiedit {args.verb}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Loading bars and advisory warnings of diffusers/transformers would bury our own messages."""
+    import os
+
+    if verbose:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    for lib in (dlog, tlog):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
+def entry_point() -> None:  # console script
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""``multiedit init``: turn an SD or InstructPix2Pix pipeline into a task-conditioned MultiEditPipeline."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("init", help="Convert an SD/IP2P pipeline folder into a MultiEditPipeline.",
+                       description="Convert a Stable Diffusion or InstructPix2Pix pipeline (folder or hub id, "
+                       "e.g. timbrooks/instruct-pix2pix) into a task-conditioned MultiEditPipeline.")
+    p.add_argument("--base", required=True, help="SD or IP2P pipeline folder or hub id.")
+    p.add_argument("--out", required=True, help="Output folder (must not exist).")
+    p.add_argument("--tasks", nargs="+", help="Task names, in table order (default: every registered task).")
+    p.add_argument("--task-token", action="store_true",
+                   help="Also give the task to cross-attention as one extra token (Emu Edit; off by default).")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..errors import MultiEditError
+    from ..io_utils import atomic_dir
+    from ..pipeline import MultiEditPipeline
+
+    out = Path(args.out)
+    if out.exists():
+        raise MultiEditError(f"--out {out} already exists; choose a new folder.")
+    pipe = MultiEditPipeline.from_base(args.base, tasks=args.tasks, task_token=args.task_token)
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    print(f"wrote {out}: {len(pipe.task_names)} tasks ({', '.join(pipe.task_names)})")
+    return 0

@@ -1,0 +1,135 @@
+"""``edit_image``: the library function behind ``multiedit edit``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import PIL.Image
+
+from .errors import MultiEditError
+from .images import fit_to_model, load_image
+from .io_utils import atomic_file
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default-model"
+
+
+def default_model() -> Path:
+    """The embedded default model folder, or a clear error when this install has none."""
+    if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        return DEFAULT_MODEL_DIR
+    raise MultiEditError(
+        "No --model given and no embedded default model is installed; pass --model DIR "
+        "(e.g. `multiedit zoo --out zoo` and then --model zoo/pipeline)."
+    )
+
+
+def load_pipeline(model: str | Path | None, task_embeddings: list[str | Path] = ()):
+    """Load a MultiEditPipeline folder (an SD/IP2P folder is converted on the fly) plus learned tasks."""
+    from .model_folder import check_pipeline_folder
+    from .pipeline import MultiEditPipeline
+
+    model = default_model() if model is None else model
+    index = check_pipeline_folder(model)
+    if index.get("_class_name") == MultiEditPipeline.__name__:
+        try:
+            pipe = MultiEditPipeline.from_pretrained(str(model))
+        except MultiEditError:
+            raise
+        except Exception as exc:
+            raise MultiEditError(f"Could not load the pipeline in {model} ({type(exc).__name__}: {exc}).") from None
+    else:
+        log.info("%s is a %s; converting it with MultiEditPipeline.from_base", model, index.get("_class_name"))
+        pipe = MultiEditPipeline.from_base(model)
+    for path in task_embeddings:
+        name = pipe.load_task_embedding(path)
+        log.info("loaded learned task %r from %s", name, path)
+    return pipe
+
+
+@dataclass
+class EditResult:
+    output: Path
+    tasks: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def edit_image(
+    image: str | Path,
+    instructions: list[str],
+    out: str | Path,
+    model: str | Path | None = None,
+    task: str | None = None,
+    task_embeddings: list[str | Path] = (),
+    steps: int = 20,
+    guidance_scale: float = 7.5,
+    image_guidance_scale: float = 1.5,
+    seed: int = 0,
+    resolution: int | None = None,
+    min_task_confidence: float | None = None,
+    alpha: float = 0.03,
+    side_by_side: bool = False,
+    pipe=None,
+) -> EditResult:
+    """Edit ``image`` with one instruction, or several applied in turn (sequential thresholding ``alpha``).
+
+    The output has the input's size; its format follows ``out``'s extension. Nothing is written
+    unless the edit succeeds.
+    """
+    import torch
+
+    out = Path(out)
+    if not instructions or any(not str(i).strip() for i in instructions):
+        raise MultiEditError("An --instruction is empty; pass the edit to make, e.g. --instruction 'make it snow'.")
+    if not out.parent.is_dir():
+        raise MultiEditError(f"The output folder {out.parent} does not exist; create it or choose another --out.")
+    ext = out.suffix.lower()
+    if ext not in PIL.Image.registered_extensions():
+        raise MultiEditError(f"Cannot tell the image format of --out {out}; end it with .png, .jpg or .webp.")
+    if steps < 1:
+        raise MultiEditError(f"--steps must be at least 1, got {steps}.")
+    source = load_image(image, "input image")
+    pipe = pipe or load_pipeline(model, task_embeddings)
+    if task is not None:
+        pipe.task_id(task)  # unknown task: fail before any work
+    notes = []
+    model_in, note = fit_to_model(source, multiple=pipe.vae_scale_factor, resolution=resolution)
+    if note:
+        notes.append(note)
+    kwargs = dict(
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        image_guidance_scale=image_guidance_scale,
+        generator=torch.Generator().manual_seed(seed),
+        min_task_confidence=min_task_confidence,
+    )
+    if len(instructions) == 1:
+        result = pipe(prompt=instructions[0], image=model_in, task=task, **kwargs)
+        edited, tasks = result.images[0], result.tasks
+        if result.task_predictions:
+            p = result.task_predictions[0]
+            notes.append(f"task {tasks[0]!r} predicted by the classifier (p={p.probabilities[tasks[0]]:.2f})")
+    else:
+        tasks = []
+        if task is None:  # resolve every turn's task up front, so a refusal happens before any editing
+            tasks = [pipe._resolve_tasks(None, [i], min_task_confidence)[0][0] for i in instructions]
+            tasks = [pipe.task_names[t] for t in tasks]
+        kwargs.pop("min_task_confidence")
+        turns = pipe.edit_sequence(instructions, model_in, task=tasks or task, alpha=alpha, **kwargs)
+        edited = turns[-1]
+        tasks = tasks or [task] * len(instructions)
+        notes.append(f"{len(instructions)} turns with sequential thresholding (alpha={alpha})")
+    if edited.size != source.size:
+        edited = edited.resize(source.size, PIL.Image.LANCZOS)
+        notes.append(f"output resized back to {source.size[0]}x{source.size[1]}")
+    if side_by_side:
+        canvas = PIL.Image.new("RGB", (source.width * 2, source.height), "white")
+        canvas.paste(source, (0, 0))
+        canvas.paste(edited, (source.width, 0))
+        edited = canvas
+    with atomic_file(out) as tmp:
+        edited.save(tmp, format=PIL.Image.registered_extensions()[ext])
+    return EditResult(output=out, tasks=tasks, notes=notes)

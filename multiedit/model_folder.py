@@ -1,0 +1,52 @@
+"""Checks and loaders for pipeline folders (ours, diffusers' SD and IP2P), with one-sentence errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import MultiEditError
+
+BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+
+
+def check_pipeline_folder(path: str | Path) -> dict:
+    """Return the folder's ``model_index.json`` as a dict, or raise a clear error.
+
+    ``path`` is a local folder or a Hugging Face repo id (which needs the hub to be reachable).
+    """
+    from diffusers import DiffusionPipeline
+
+    local = Path(str(path)).expanduser()
+    if local.exists() or str(path).startswith((".", "/", "~")) or str(path).count("/") != 1:
+        if not local.is_dir():
+            raise MultiEditError(f"Model folder {local} does not exist; pass a pipeline folder (see `multiedit init`).")
+        if not (local / "model_index.json").is_file():
+            raise MultiEditError(
+                f"{local} is not a diffusers pipeline folder (it has no model_index.json); pass a folder written by "
+                "`save_pretrained`, `multiedit init` or `multiedit train`."
+            )
+        path = local
+    try:
+        index = DiffusionPipeline.load_config(str(path))
+    except Exception as exc:  # network, JSON syntax, missing repo
+        raise MultiEditError(f"Could not read the pipeline config of {path} ({type(exc).__name__}: {exc}).") from None
+    missing = [c for c in BASE_COMPONENTS if c not in index]
+    if missing:
+        raise MultiEditError(
+            f"{path} is a {index.get('_class_name', 'pipeline')} without {missing}; "
+            "pass a Stable Diffusion, InstructPix2Pix or multiedit pipeline folder."
+        )
+    return index
+
+
+def load_components(path: str | Path, **kwargs) -> dict:
+    """Load the five Stable Diffusion components of an SD/IP2P pipeline folder with diffusers' own loader."""
+    from diffusers import DiffusionPipeline
+
+    kwargs.setdefault("safety_checker", None)
+    kwargs.setdefault("requires_safety_checker", False)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+    except Exception as exc:
+        raise MultiEditError(f"Could not load the pipeline in {path} ({type(exc).__name__}: {exc}).") from None
+    return {name: getattr(pipe, name) for name in BASE_COMPONENTS}

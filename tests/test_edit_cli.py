@@ -1,0 +1,142 @@
+"""`multiedit edit` end to end, including every bad input the issue lists."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+from conftest import random_image
+
+from multiedit.cli import main
+
+
+def edit(capsys, *args):
+    code = main(["edit", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_clean_failure(code, err, *needles):
+    assert code != 0
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def model(zoo):
+    return str(zoo("pipeline"))
+
+
+def test_edit_writes_output_of_input_size(model, image_file, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    code, stdout, err = edit(capsys, "--model", model, "--image", str(image_file), "--instruction", "add a hat",
+                             "--task", "add", "--out", str(out), "--steps", "2")
+    assert code == 0, err
+    assert PIL.Image.open(out).size == (36, 44)
+
+
+def test_odd_sizes_are_fitted_and_restored(model, tmp_path, capsys):
+    src, out = tmp_path / "odd.png", tmp_path / "out.png"
+    random_image(35, 43).save(src)
+    code, stdout, err = edit(capsys, "--model", model, "--image", str(src), "--instruction", "add a hat",
+                             "--task", "add", "--out", str(out), "--steps", "1")
+    assert code == 0, err
+    assert PIL.Image.open(out).size == (35, 43)
+    # the tiny VAE downsamples by 2: the CLI says what it did to fit
+    assert "resized 35x43 to 34x42" in stdout and "resized back to 35x43" in stdout
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "I;16", "LA", "CMYK"])
+def test_edit_accepts_any_image_mode(model, tmp_path, capsys, mode):
+    src = tmp_path / ("in.tif" if mode == "CMYK" else "in.png")
+    if mode == "I;16":
+        PIL.Image.fromarray((np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)).save(src)
+    else:
+        random_image(32, 32).convert(mode).save(src)
+    out = tmp_path / "out.png"
+    code, _, err = edit(capsys, "--model", model, "--image", str(src), "--instruction", "make it snow",
+                        "--task", "global", "--out", str(out), "--steps", "1")
+    assert code == 0, err
+    assert PIL.Image.open(out).mode == "RGB"
+
+
+def test_exif_rotation_is_applied(model, tmp_path, capsys):
+    src = tmp_path / "rot.jpg"
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    random_image(48, 32).save(src, exif=exif)
+    out = tmp_path / "out.png"
+    code, _, err = edit(capsys, "--model", model, "--image", str(src), "--instruction", "make it snow",
+                        "--task", "global", "--out", str(out), "--steps", "1")
+    assert code == 0, err
+    assert PIL.Image.open(out).size == (32, 48)
+
+
+def test_multi_turn(model, image_file, tmp_path, capsys):
+    out = tmp_path / "out.webp"
+    code, stdout, err = edit(capsys, "--model", model, "--image", str(image_file), "--instruction", "make it snow",
+                             "--instruction", "add a dog", "--task", "global", "--out", str(out), "--steps", "1")
+    assert code == 0, err
+    assert "2 turns" in stdout and PIL.Image.open(out).format == "WEBP"
+
+
+def _bad_inputs(tmp_path, image_file, model):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    truncated = tmp_path / "trunc.png"
+    data = image_file.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    not_pipeline = tmp_path / "empty_model"
+    not_pipeline.mkdir()
+    base = ["--instruction", "add a hat", "--task", "add", "--steps", "1"]
+    return {
+        "missing file": (["--model", model, "--image", str(tmp_path / "nope.png"), *base], ["does not exist"]),
+        "not an image": (["--model", model, "--image", str(not_image), *base], ["not an image", "notes.png"]),
+        "truncated": (["--model", model, "--image", str(truncated), *base], ["truncated", "trunc.png"]),
+        "empty instruction": (["--model", model, "--image", str(image_file), "--instruction", " ", "--task", "add"],
+                              ["empty"]),
+        "unknown task": (["--model", model, "--image", str(image_file), "--instruction", "x", "--task", "nope"],
+                         ["Unknown task 'nope'", "add"]),
+        "not a pipeline": (["--model", str(not_pipeline), "--image", str(image_file), *base],
+                           ["not a diffusers pipeline folder"]),
+        "missing model": (["--model", str(tmp_path / "no_model"), "--image", str(image_file), *base],
+                          ["does not exist"]),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "not an image", "truncated", "empty instruction", "unknown task",
+                                  "not a pipeline", "missing model"])
+def test_bad_inputs_fail_cleanly_and_write_nothing(case, model, image_file, tmp_path, capsys):
+    args, needles = _bad_inputs(tmp_path, image_file, model)[case]
+    out = tmp_path / "result.png"
+    code, _, err = edit(capsys, *args, "--out", str(out))
+    assert_clean_failure(code, err, *needles)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".result")]
+
+
+def test_output_in_missing_folder(model, image_file, tmp_path, capsys):
+    out = tmp_path / "missing" / "out.png"
+    code, _, err = edit(capsys, "--model", model, "--image", str(image_file), "--instruction", "x", "--task", "add",
+                        "--out", str(out))
+    assert_clean_failure(code, err, "output folder", "missing")
+    assert not out.parent.exists()
+
+
+def test_no_task_and_no_classifier(model, image_file, tmp_path, capsys):
+    code, _, err = edit(capsys, "--model", model, "--image", str(image_file), "--instruction", "x",
+                        "--out", str(tmp_path / "o.png"))
+    assert_clean_failure(code, err, "--task")
+
+
+def test_init_converts_ip2p_and_refuses_existing_out(zoo, tmp_path, capsys):
+    out = tmp_path / "converted"
+    assert main(["init", "--base", str(zoo("ip2p")), "--out", str(out), "--tasks", "add", "remove"]) == 0
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "MultiEditPipeline" and index["task_names"] == ["add", "remove"]
+    capsys.readouterr()
+    assert main(["init", "--base", str(zoo("ip2p")), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+from conftest import random_image
+from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline, UNet2DConditionModel
+
+from multiedit import MultiEditPipeline
+from multiedit.errors import MultiEditError
+from multiedit.sequential import sequential_threshold
+from multiedit.tasks import list_tasks
+
+
+def run(pipe, task="global", steps=3, seed=0, img=None, **kw):
+    img = img if img is not None else random_image(40, 48)
+    return pipe("make it snow", img, task=task, num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(seed), output_type="np", **kw).images
+
+
+@pytest.fixture(scope="module")
+def pair(zoo):
+    base = zoo("ip2p")
+    ours = MultiEditPipeline.from_base(base)
+    ref = StableDiffusionInstructPix2PixPipeline.from_pretrained(base, safety_checker=None)
+    return ours, ref
+
+
+def test_parity_with_diffusers_ip2p(pair):
+    ours, ref = pair
+    for kw in ({}, {"guidance_scale": 3.0, "image_guidance_scale": 1.2}, {"guidance_scale": 1.0}):
+        a = run(ours, **kw)
+        b = ref("make it snow", random_image(40, 48), num_inference_steps=3,
+                generator=torch.Generator().manual_seed(0), output_type="np", **kw).images
+        assert a.shape == b.shape == (1, 48, 40, 3)
+        assert np.abs(a - b).max() <= 1e-5
+
+
+def test_tasks_change_output_only_through_their_rows(pair):
+    ours, _ = pair
+    table = ours.unet.class_embedding.weight
+    with torch.no_grad():
+        table.normal_()
+    try:
+        a, b = run(ours, task="global"), run(ours, task="add")
+        assert np.abs(a - b).max() > 1e-3
+        # the same task by name and by id is the same edit
+        assert np.array_equal(run(ours, task="add"), run(ours, task=ours.task_id("add")))
+    finally:
+        with torch.no_grad():
+            table.zero_()
+
+
+def test_save_load_round_trip_and_plain_unet_load(pair, tmp_path):
+    ours, _ = pair
+    with torch.no_grad():
+        ours.unet.class_embedding.weight[3] = 0.5
+    try:
+        ours.save_pretrained(tmp_path / "m")
+        assert not list((tmp_path / "m").rglob("*.bin"))
+        back = MultiEditPipeline.from_pretrained(tmp_path / "m")
+        assert back.task_names == list_tasks()
+        assert np.array_equal(run(back, task=3), run(ours, task=3))
+        unet = UNet2DConditionModel.from_pretrained(tmp_path / "m" / "unet")
+        assert unet.config.num_class_embeds == len(list_tasks())
+        assert torch.equal(unet.class_embedding.weight, ours.unet.class_embedding.weight)
+    finally:
+        with torch.no_grad():
+            ours.unet.class_embedding.weight.zero_()
+
+
+def test_from_base_widens_a_4_channel_sd_unet_with_zero_weights(zoo):
+    sd = StableDiffusionPipeline.from_pretrained(zoo("sd"), safety_checker=None)
+    pipe = MultiEditPipeline.from_base(zoo("sd"), tasks=["add", "remove"])
+    assert pipe.unet.config.in_channels == 8 and pipe.task_names == ["add", "remove"]
+    x = torch.randn(2, 4, 8, 8)
+    src = torch.randn(2, 4, 8, 8)
+    text = torch.randn(2, 77, 32)
+    with torch.no_grad():
+        want = sd.unet(x, 10, encoder_hidden_states=text).sample
+        got = pipe.unet(torch.cat([x, src], 1), 10, encoder_hidden_states=text,
+                        class_labels=torch.tensor([0, 1])).sample
+    assert torch.allclose(want, got, atol=1e-6)
+    out = run(pipe, task="add")
+    assert out.shape == (1, 48, 40, 3)
+
+
+def test_task_token_is_off_by_default_and_changes_attention_when_on(zoo):
+    plain = MultiEditPipeline.from_base(zoo("ip2p"))
+    assert plain.task_tokens is None
+    tok = MultiEditPipeline.from_base(zoo("ip2p"), task_token=True)
+    # even a zero token takes attention weight, so it changes the output (why it is off by default)
+    assert np.abs(run(plain) - run(tok)).max() > 0
+    with torch.no_grad():
+        tok.task_tokens.embedding.weight.normal_()
+    assert np.abs(run(tok, task="add") - run(tok, task="global")).max() > 1e-4
+
+
+def test_task_errors(pair):
+    ours, _ = pair
+    with pytest.raises(MultiEditError, match="Unknown task 'nope'.*add"):
+        run(ours, task="nope")
+    with pytest.raises(MultiEditError, match="no task classifier"):
+        run(ours, task=None)
+    with pytest.raises(MultiEditError, match="out of range"):
+        run(ours, task=99)
+    with pytest.raises(MultiEditError, match="empty"):
+        ours("  ", random_image(), task="add")
+
+
+def test_unet_without_task_table_is_refused(zoo):
+    ref = StableDiffusionInstructPix2PixPipeline.from_pretrained(zoo("ip2p"), safety_checker=None)
+    with pytest.raises(MultiEditError, match="no task table"):
+        MultiEditPipeline(**{k: getattr(ref, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")})
+
+
+def test_sequential_threshold_keeps_small_changes_out():
+    prev = random_image(32, 32, seed=1)
+    arr = np.asarray(prev).astype(np.int16)
+    new = arr.copy()
+    new += 3  # tiny global drift (~0.012 < alpha): must be dropped
+    new[8:16, 8:16] = 255 - arr[8:16, 8:16]  # a real edit: must be kept
+    new = np.clip(new, 0, 255).astype(np.uint8)
+    import PIL.Image
+
+    out = np.asarray(sequential_threshold(prev, PIL.Image.fromarray(new), alpha=0.03))
+    assert np.array_equal(out[24:, 24:], np.asarray(prev)[24:, 24:])
+    assert np.array_equal(out[10:14, 10:14], new[10:14, 10:14])
+
+
+def test_edit_sequence_applies_turns_in_order(pair):
+    ours, _ = pair
+    img = random_image(32, 32)
+    turns = ours.edit_sequence(["make it snow", "add a dog"], img, task=["global", "add"],
+                               num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert len(turns) == 2 and all(t.size == (32, 32) for t in turns)
+    with pytest.raises(MultiEditError, match="2 instructions"):
+        ours.edit_sequence(["a", "b"], img, task=["add"])
