@@ -56,6 +56,13 @@ class FilterThresholds:
     depth_l1: float | None = 0.15  # max mean |depth(src) - depth(edit)| on [0,1] maps; None = off
     detector: str | None = None  # "present" (edited object found), "absent" (original object gone)
 
+    def __post_init__(self):
+        if self.detector not in (None, "present", "absent"):
+            raise MultiEditError(f"filters.detector is {self.detector!r}; use null, 'present' or 'absent'.")
+        for name in ("clip_direction", "clip_image", "clip_output"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise MultiEditError(f"filters.{name}={getattr(self, name)} must be a cosine similarity in [-1, 1].")
+
 
 @dataclass(frozen=True)
 class Task:
@@ -115,10 +122,14 @@ class Task:
             )
             filt = kw.get("filters", {})
             kw["filters"] = filt if isinstance(filt, FilterThresholds) else FilterThresholds(**filt)
-        except TypeError as exc:
+        except (TypeError, MultiEditError) as exc:
             raise MultiEditError(f"{source}: task {data.get('name')!r} has a malformed field ({exc}).") from None
-        kw["verbs"] = tuple(kw.get("verbs", ()))
-        return cls(**kw)
+        verbs = kw.get("verbs", ())
+        kw["verbs"] = (verbs,) if isinstance(verbs, str) else tuple(verbs)
+        try:
+            return cls(**kw)
+        except MultiEditError as exc:
+            raise MultiEditError(f"{source}: {exc}") from None
 
 
 class TaskRegistry:
@@ -174,6 +185,9 @@ class TaskRegistry:
             data = data["tasks"]
         items = data if isinstance(data, list) else [data]
         tasks = [Task.from_dict(d, source=str(path)) for d in items]
+        clash = [t.name for t in tasks if t.name in self._tasks]
+        if clash:  # all or nothing: check every name before registering any
+            raise MultiEditError(f"{path}: task(s) {clash} are already registered; rename them in the file.")
         for t in tasks:
             self.register(t)
         return tasks
