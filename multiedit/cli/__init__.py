@@ -63,12 +63,18 @@ def _quiet_libraries(verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read at import: the torchvision fallback notice
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
     for lib in (dlog, tlog):
         lib.set_verbosity_error()
         lib.disable_progress_bar()
+    if "datasets" in sys.modules:  # imported already (in-process callers): the env var came too late
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def entry_point() -> None:  # console script

@@ -1,0 +1,130 @@
+"""``TrainConfig``: every training option, with help text; the CLI flags are generated from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..errors import MultiEditError
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    model: str = _f(None, "MultiEditPipeline folder, or an SD/IP2P pipeline folder or hub id to convert with from_base.")
+    dataset: str = _f(None, "Our dataset folder (Parquet shards), a `save_to_disk` folder, or a Hugging Face dataset name.")
+    out: str = _f(None, "Output folder: the trained MultiEditPipeline, plus checkpoints/, logs/ and validation/.")
+    dataset_split: str = _f("train", "Dataset split to train on.")
+    input_image_column: str = _f("input_image", "Column with the source image.")
+    edited_image_column: str = _f("edited_image", "Column with the edited (target) image.")
+    edit_prompt_column: str = _f("edit_prompt", "Column with the instruction.")
+    task_column: str = _f("task", "Column with the task name (rows without one use --default-task).")
+    default_task: str | None = _f(None, "Task for datasets without a task column (e.g. diffusers' IP2P datasets).")
+    tasks: list[str] | None = _f(None, "Task table when converting a base model (default: every registered task).")
+    max_samples: int | None = _f(None, "Use only the first N rows (debugging).")
+    resolution: int = _f(256, "Training resolution (square crops).")
+    random_flip: bool = _f(True, "Random horizontal flip, applied identically to both images.")
+    max_steps: int = _f(1000, "Total optimisation steps.")
+    batch_size: int = _f(4, "Per-device batch size.")
+    gradient_accumulation_steps: int = _f(1, "Accumulate gradients over this many batches.")
+    lr: float = _f(5e-5, "Learning rate of the UNet / LoRA weights.")
+    task_lr: float | None = _f(None, "Learning rate of the task table (default: --lr).")
+    weight_decay: float = _f(1e-2, "AdamW weight decay (never applied to the task table).")
+    lr_scheduler: str = _f("constant_with_warmup", "diffusers LR schedule: constant, constant_with_warmup, cosine, linear, ...")
+    lr_warmup_steps: int = _f(0, "LR warm-up steps.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    train_mode: str = _f("full", "What trains: full (UNet + task table), tasks (task table only), lora (LoRA + task table).",
+                         choices=["full", "tasks", "lora"])
+    lora_rank: int = _f(8, "LoRA rank (train_mode=lora).")
+    conditioning_dropout: float = _f(0.05, "Drop text, image and both, each with this probability (Brooks §3.2.1).")
+    mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
+    use_ema: bool = _f(False, "Keep an EMA of the trained weights; the saved pipeline uses it.")
+    ema_decay: float = _f(0.9999, "EMA decay.")
+    cache_latents: bool = _f(False, "Encode images and instructions once (frozen VAE/text encoder) instead of every step.")
+    cache_variants: int = _f(4, "With --cache-latents: augmented variants encoded per sample (one is drawn per step).")
+    seed: int = _f(0, "Random seed (data order, augmentation, noise, dropout).")
+    num_workers: int = _f(0, "DataLoader workers.")
+    checkpointing_steps: int = _f(500, "Save a resumable checkpoint every N steps.")
+    checkpoints_total_limit: int | None = _f(3, "Keep at most this many checkpoints.")
+    resume: str | None = _f(None, "Resume from `latest` or a checkpoint folder.")
+    stop_after_steps: int | None = _f(None, "Stop (after checkpointing) at this step, e.g. on a time-limited job; "
+                                            "continue later with --resume latest.")
+    validation_steps: int = _f(0, "Save a grid of validation edits every N steps (0: only at the end).")
+    num_validation_samples: int = _f(4, "Rows of the dataset edited for the validation grid.")
+    validation_inference_steps: int = _f(20, "Denoising steps of validation edits.")
+    report_to: str = _f("tensorboard", "Logger: tensorboard, wandb, or none.", choices=["tensorboard", "wandb", "none"])
+    log_every: int = _f(10, "Log the loss every N steps.")
+
+    def __post_init__(self):
+        for name in ("model", "dataset", "out"):
+            if not getattr(self, name):
+                raise MultiEditError(f"The training config needs `{name}` (CLI: --{name.replace('_', '-')}).")
+        if not 0 <= self.conditioning_dropout <= 1 / 3:
+            raise MultiEditError(
+                f"conditioning_dropout={self.conditioning_dropout} must be in [0, 1/3]: it is used three times "
+                "(text, image, both)."
+            )
+        if self.resolution % 8:
+            raise MultiEditError(f"resolution={self.resolution} must be a multiple of 8.")
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "cache_variants"):
+            if getattr(self, name) < 1:
+                raise MultiEditError(f"{name}={getattr(self, name)} must be at least 1.")
+        if self.train_mode not in ("full", "tasks", "lora"):
+            raise MultiEditError(f"train_mode={self.train_mode!r}; use full, tasks or lora.")
+
+    # ------------------------------------------------------------------ files and CLI
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
+        """Read a YAML or JSON file of the same fields; unknown keys warn, CLI ``overrides`` win."""
+        path = Path(path)
+        if not path.is_file():
+            raise MultiEditError(f"Config file {path} does not exist.")
+        try:
+            import yaml
+
+            data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        except Exception as exc:
+            raise MultiEditError(f"Config file {path} could not be parsed ({exc}).") from None
+        if not isinstance(data, dict):
+            raise MultiEditError(f"Config file {path} must hold a mapping of field names to values.")
+        data = {k.replace("-", "_"): v for k, v in data.items()}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"{path}: ignoring unknown field(s) {unknown}.", stacklevel=2)
+        data = {k: v for k, v in data.items() if k in known}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
+    """Add one ``--flag`` per config field (defaults are None so a --config file's values survive)."""
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        help_text = f"{meta.get('help', '')} (default: {f.default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif "list" in str(f.type):
+            parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_text)
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            parser.add_argument(flag, dest=f.name, type=typ, default=None, choices=meta.get("choices"), help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, cls=TrainConfig):
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+    if getattr(args, "config", None):
+        return cls.from_file(args.config, **values)
+    return cls(**values)

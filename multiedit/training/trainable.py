@@ -1,0 +1,67 @@
+"""What trains (``train_mode``) and how the trained UNet is exported."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..task_unet import task_table
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def apply_trainable(pipe, cfg):
+    """Set ``requires_grad`` per ``cfg.train_mode`` and return (optimizer param groups, EMA or None).
+
+    full: every UNet weight + the task table; tasks: the task table (and task tokens) only; lora: LoRA
+    adapters on the attention projections (peft) + the task table. The task table is its own group,
+    with no weight decay (decay would pull unseen tasks' vectors toward zero every step) and its own LR.
+    """
+    unet = pipe.unet
+    table = task_table(unet)
+    unet.requires_grad_(False)
+    if cfg.train_mode == "full":
+        unet.requires_grad_(True)
+    elif cfg.train_mode == "lora":
+        from peft import LoraConfig
+
+        unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=LORA_TARGETS))
+    table.requires_grad_(True)
+    task_params = list(table.parameters())
+    if pipe.task_tokens is not None:
+        pipe.task_tokens.requires_grad_(True)
+        task_params += list(pipe.task_tokens.parameters())
+    ids = {id(p) for p in task_params}
+    other = [p for p in unet.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": task_params, "weight_decay": 0.0, "lr": cfg.task_lr or cfg.lr}]
+    if other:
+        groups.append({"params": other, "weight_decay": cfg.weight_decay, "lr": cfg.lr})
+    ema = None
+    if cfg.use_ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel([p for g in groups for p in g["params"]], decay=cfg.ema_decay)
+    return groups, ema
+
+
+def export_unet(unet, ema, params, cfg):
+    """A plain ``UNet2DConditionModel`` with the final (EMA) weights and any LoRA fused in.
+
+    ``params`` are the trained parameters in the order the EMA was built with.
+    """
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+        try:
+            unet = copy.deepcopy(unet)
+        finally:
+            ema.restore(params)
+    else:
+        unet = copy.deepcopy(unet)
+    if cfg.train_mode == "lora":
+        unet.fuse_lora()
+        unet.unload_lora()
+    unet.requires_grad_(False)
+    return (unet if unet.dtype == torch.float32 else unet.to(torch.float32)).eval()
