@@ -53,6 +53,9 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
 
     Config:
         task_names (list[str]): the name of each row of the task table, in order.
+        residual (bool): residual diffusion — the model denoises the latent *change*
+            ``z_edit − z_src`` (both scaled by the VAE factor) and the edit is ``z_src + sample``. Off by
+            default (IP2P diffuses ``z_edit``); small models trained from scratch gain most from it.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -70,6 +73,7 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         task_classifier: Any = None,
         classifier_tokenizer: Any = None,
         task_names: list[str] | None = None,
+        residual: bool = False,
     ):
         super().__init__()
         self.register_modules(
@@ -91,19 +95,21 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
             )
         if len(set(task_names)) != len(task_names):
             raise MultiEditError(f"Duplicate task names in the pipeline config: {task_names}.")
-        self.register_to_config(task_names=task_names)
+        self.register_to_config(task_names=task_names, residual=bool(residual))
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_base(cls, path: str | Path, tasks: list[str] | None = None, task_token: bool = False, **kwargs):
+    def from_base(cls, path: str | Path, tasks: list[str] | None = None, task_token: bool = False,
+                  residual: bool = False, prediction_type: str | None = None, **kwargs):
         """Turn a Stable Diffusion or InstructPix2Pix pipeline folder into a task-conditioned pipeline.
 
         A 4-channel SD UNet is widened to 8 input channels with the new weights at zero (Brooks §3.2);
         an 8-channel IP2P UNet is used as it is. The task table gets one zero row per task in
-        ``tasks`` (default: every registered task). A folder that already holds a MultiEditPipeline is
-        loaded as it is.
+        ``tasks`` (default: every registered task). ``residual`` and ``prediction_type`` (``epsilon`` or
+        ``v_prediction``, set on the scheduler) choose the parameterisation for training from here. A
+        folder that already holds a MultiEditPipeline is loaded as it is.
         """
         from .model_folder import check_pipeline_folder, load_components
 
@@ -121,7 +127,12 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         widen_conv_in(unet, in_channels=unet.config.out_channels * 2)
         add_task_table(unet, len(names))
         tokens = TaskTokenEmbedding(len(names), unet.config.cross_attention_dim) if task_token else None
-        return cls(**parts, task_tokens=tokens, task_names=names)
+        if prediction_type is not None:
+            if prediction_type not in ("epsilon", "v_prediction"):
+                raise MultiEditError(f"prediction_type={prediction_type!r}; use epsilon or v_prediction.")
+            sched = parts["scheduler"]
+            parts["scheduler"] = sched.__class__.from_config(sched.config, prediction_type=prediction_type)
+        return cls(**parts, task_tokens=tokens, task_names=names, residual=residual)
 
     # ------------------------------------------------------------------ tasks
     @property
@@ -302,7 +313,11 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
                     latents = out.pop("latents", latents)
                 progress.update()
 
-        # 8. Decode
+        # 8. Residual diffusion: the sample is the change, added to the source latent
+        if self.config.get("residual", False):
+            latents = latents + image_latents[: latents.shape[0]] * self.vae.config.scaling_factor
+
+        # 9. Decode
         if output_type == "latent":
             images = latents
         else:

@@ -12,8 +12,9 @@ from multiedit.tasks import list_tasks
 
 def run(pipe, task="global", steps=3, seed=0, img=None, **kw):
     img = img if img is not None else random_image(40, 48)
+    kw.setdefault("output_type", "np")
     return pipe("make it snow", img, task=task, num_inference_steps=steps,
-                generator=torch.Generator().manual_seed(seed), output_type="np", **kw).images
+                generator=torch.Generator().manual_seed(seed), **kw).images
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,17 @@ def test_edit_sequence_applies_turns_in_order(pair):
     assert len(turns) == 2 and all(t.size == (32, 32) for t in turns)
     with pytest.raises(MultiEditError, match="2 instructions"):
         ours.edit_sequence(["a", "b"], img, task=["add"])
+
+
+def test_residual_sampling_adds_the_source_latent(zoo, tmp_path):
+    plain = MultiEditPipeline.from_base(zoo("ip2p"))
+    res = MultiEditPipeline.from_base(zoo("ip2p"), residual=True, prediction_type="v_prediction")
+    res.scheduler = plain.scheduler.__class__.from_config(plain.scheduler.config)
+    img = random_image(32, 32)
+    a = run(plain, img=img, output_type="latent")
+    b = run(res, img=img, output_type="latent")
+    src = plain.vae.encode(plain.image_processor.preprocess(img)).latent_dist.mode()
+    assert torch.allclose(b, a + src * plain.vae.config.scaling_factor, atol=1e-5)
+    res.save_pretrained(tmp_path / "r")
+    back = MultiEditPipeline.from_pretrained(tmp_path / "r")
+    assert back.config.residual is True and back.scheduler.config.prediction_type == "v_prediction"

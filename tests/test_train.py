@@ -268,3 +268,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(zoo, data, tmp_path, 
     ckpts = sorted(p.name for p in (tmp_path / "n" / "checkpoints").iterdir())
     assert ckpts and all(not n.endswith(".tmp") for n in ckpts)
     assert not (tmp_path / "n" / "model_index.json").exists()
+
+
+def test_residual_objective_diffuses_the_change(zoo):
+    pipe = MultiEditPipeline.from_base(zoo("ip2p"))
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    cond = Conditioning(torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g),
+                        torch.zeros(1, 77, 32), torch.tensor([0, 1]))
+    target, noise, t = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 900])
+    with torch.no_grad():
+        res = diffusion_loss(pipe.unet, sched, target, cond, dropout=0, noise=noise, timesteps=t, residual=True,
+                             scaling_factor=0.5)
+        plain = diffusion_loss(pipe.unet, sched, target - 0.5 * cond.source_latents, cond, dropout=0, noise=noise,
+                               timesteps=t)
+        other = diffusion_loss(pipe.unet, sched, target, cond, dropout=0, noise=noise, timesteps=t)
+    assert torch.equal(res, plain) and not torch.equal(res, other)

@@ -12,6 +12,10 @@ def register(sub) -> None:
     p.add_argument("--tasks", nargs="+", help="Task names, in table order (default: every registered task).")
     p.add_argument("--task-token", action="store_true",
                    help="Also give the task to cross-attention as one extra token (Emu Edit; off by default).")
+    p.add_argument("--residual", action="store_true",
+                   help="Residual diffusion: denoise the latent change z_edit - z_src (for models trained from here).")
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
+                   help="Set the scheduler's prediction type (default: keep the base model's).")
     p.set_defaults(func=run)
 
 
@@ -25,7 +29,8 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists():
         raise MultiEditError(f"--out {out} already exists; choose a new folder.")
-    pipe = MultiEditPipeline.from_base(args.base, tasks=args.tasks, task_token=args.task_token)
+    pipe = MultiEditPipeline.from_base(args.base, tasks=args.tasks, task_token=args.task_token,
+                                       residual=args.residual, prediction_type=args.prediction_type)
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     print(f"wrote {out}: {len(pipe.task_names)} tasks ({', '.join(pipe.task_names)})")

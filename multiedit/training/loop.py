@@ -127,6 +127,7 @@ def train(cfg: TrainConfig) -> Path:
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
     task_tokens = pipe.task_tokens.to(device) if pipe.task_tokens is not None else None
+    residual = bool(pipe.config.get("residual", False))
 
     # 4. Resume
     if cfg.resume:
@@ -159,7 +160,8 @@ def train(cfg: TrainConfig) -> Path:
                 else:
                     target, cond = encoder.encode(batch, g)
                 loss = diffusion_loss(unet, noise_scheduler, target.float(), cond, dropout=cfg.conditioning_dropout,
-                                      generator=g, task_tokens=task_tokens)
+                                      generator=g, task_tokens=task_tokens, residual=residual,
+                                      scaling_factor=vae.config.scaling_factor)
                 if not torch.isfinite(accelerator.gather(loss.detach())).all():
                     last = checkpoint_dirs(out)
                     raise MultiEditError(

@@ -52,13 +52,18 @@ def diffusion_loss(
     timesteps: torch.Tensor | None = None,
     dropout_draws: torch.Tensor | None = None,
     task_tokens=None,
+    residual: bool = False,
+    scaling_factor: float = 0.18215,
 ) -> torch.Tensor:
     """Mean squared error of the UNet's prediction (ε or v, per the scheduler's ``prediction_type``).
 
     ``target_latents``: (B, 4, h, w), the edited image's latent times the VAE scaling factor.
     ``noise``, ``timesteps`` and ``dropout_draws`` are drawn from ``generator`` unless given (tests pass
-    them to compare against a reference step).
+    them to compare against a reference step). With ``residual`` the diffused quantity is the change
+    ``target − scaling_factor · source`` (the pipeline's ``residual`` config adds the source back).
     """
+    if residual:
+        target_latents = target_latents - cond.source_latents.to(target_latents) * scaling_factor
     bsz = target_latents.shape[0]
     device = target_latents.device
     if noise is None:
