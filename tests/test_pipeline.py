@@ -140,12 +140,13 @@ def test_edit_sequence_applies_turns_in_order(pair):
 def test_residual_sampling_adds_the_source_latent(zoo, tmp_path):
     plain = MultiEditPipeline.from_base(zoo("ip2p"))
     res = MultiEditPipeline.from_base(zoo("ip2p"), residual=True, prediction_type="v_prediction")
+    res.save_pretrained(tmp_path / "r")
+    back = MultiEditPipeline.from_pretrained(tmp_path / "r")
+    assert back.config.residual is True and back.scheduler.config.prediction_type == "v_prediction"
+    # same sampler on both sides: only the final "+ source" differs
     res.scheduler = plain.scheduler.__class__.from_config(plain.scheduler.config)
     img = random_image(32, 32)
     a = run(plain, img=img, output_type="latent")
     b = run(res, img=img, output_type="latent")
     src = plain.vae.encode(plain.image_processor.preprocess(img)).latent_dist.mode()
     assert torch.allclose(b, a + src * plain.vae.config.scaling_factor, atol=1e-5)
-    res.save_pretrained(tmp_path / "r")
-    back = MultiEditPipeline.from_pretrained(tmp_path / "r")
-    assert back.config.residual is True and back.scheduler.config.prediction_type == "v_prediction"
