@@ -23,6 +23,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from . import classifier as _classifier  # noqa: F401  (diffusers finds TaskClassifierModel's module in sys.modules)
 from .errors import MultiEditError
 from .task_unet import TaskTokenEmbedding, add_task_table, task_table, widen_conv_in
 
@@ -351,6 +352,23 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
             current = sequential_threshold(prev, edited, alpha=alpha)
             results.append(current)
         return results
+
+    def attach_classifier(self, classifier, tokenizer=None) -> None:
+        """Hold a task classifier (a folder, or a model + tokenizer) as components, saved with the pipeline.
+
+        Its labels must be tasks of this pipeline: a task learned by inversion is never predicted unless
+        the classifier was retrained with it.
+        """
+        if tokenizer is None:
+            classifier, tokenizer = _classifier.load_classifier(classifier)
+        labels = [classifier.config.id2label[i] for i in range(len(classifier.config.id2label))]
+        unknown = [t for t in labels if t not in self.task_names]
+        if unknown:
+            raise MultiEditError(
+                f"The classifier predicts task(s) {unknown} that this pipeline does not have ({self.task_names}); "
+                "retrain the classifier on this pipeline's tasks."
+            )
+        self.register_modules(task_classifier=classifier, classifier_tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ learned tasks
     def load_task_embedding(self, path: str | Path) -> str:

@@ -150,3 +150,41 @@ def test_residual_sampling_adds_the_source_latent(zoo, tmp_path):
     b = run(res, img=img, output_type="latent")
     src = plain.vae.encode(plain.image_processor.preprocess(img)).latent_dist.mode()
     assert torch.allclose(b, a + src * plain.vae.config.scaling_factor, atol=1e-5)
+
+
+def test_classifier_component_round_trip_picks_what_the_classifier_alone_predicts(zoo, tmp_path):
+    from multiedit.classifier import load_base, predict_tasks
+
+    model, tok = load_base(zoo("classifier-base"), labels=list_tasks())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # an untrained head predicts one class; spread them out
+    pipe = MultiEditPipeline.from_base(zoo("ip2p"))
+    with torch.no_grad():
+        pipe.unet.class_embedding.weight.normal_()
+    pipe.attach_classifier(model, tok)
+    pipe.save_pretrained(tmp_path / "m")
+    back = MultiEditPipeline.from_pretrained(tmp_path / "m")
+    assert type(back.task_classifier).__name__ == "TaskClassifierModel"
+    prompts = ["make it snow", "remove the dog", "add a red hat to the man", "draw a box around the car"]
+    alone = [p.task for p in predict_tasks(model.eval(), tok, prompts)]
+    assert len(set(alone)) > 1
+    for prompt, want in zip(prompts, alone):
+        out = back(prompt, random_image(32, 32), task=None, num_inference_steps=1, output_type="np",
+                   generator=torch.Generator().manual_seed(0))
+        assert out.tasks == [want] and out.task_predictions[0].task == want
+        ref = back(prompt, random_image(32, 32), task=want, num_inference_steps=1, output_type="np",
+                   generator=torch.Generator().manual_seed(0))
+        assert np.array_equal(out.images, ref.images)
+    with pytest.raises(MultiEditError, match="top|candidates|confiden"):
+        back("make it snow", random_image(32, 32), task=None, num_inference_steps=1, min_task_confidence=0.999)
+
+
+def test_classifier_with_foreign_labels_is_refused(zoo):
+    from multiedit.classifier import load_base
+
+    model, tok = load_base(zoo("classifier-base"), labels=["add", "levitate"])
+    pipe = MultiEditPipeline.from_base(zoo("ip2p"))
+    with pytest.raises(MultiEditError, match="levitate"):
+        pipe.attach_classifier(model, tok)

@@ -16,6 +16,8 @@ def register(sub) -> None:
                    help="Residual diffusion: denoise the latent change z_edit - z_src (for models trained from here).")
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
                    help="Set the scheduler's prediction type (default: keep the base model's).")
+    p.add_argument("--classifier", help="A task classifier folder (multiedit classifier train) to hold as a component, "
+                   "so `multiedit edit` works without --task.")
     p.set_defaults(func=run)
 
 
@@ -31,6 +33,8 @@ def run(args) -> int:
         raise MultiEditError(f"--out {out} already exists; choose a new folder.")
     pipe = MultiEditPipeline.from_base(args.base, tasks=args.tasks, task_token=args.task_token,
                                        residual=args.residual, prediction_type=args.prediction_type)
+    if args.classifier:
+        pipe.attach_classifier(args.classifier)
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     print(f"wrote {out}: {len(pipe.task_names)} tasks ({', '.join(pipe.task_names)})")

@@ -6,42 +6,39 @@ from functools import lru_cache
 
 
 @lru_cache(maxsize=4)
-def clip_bpe(vocab_size: int = 1000) -> tuple[dict[str, int], list[str]]:
-    """Train a CLIP-format byte-level BPE (``</w>`` word-end suffix) and return ``(vocab, merges)``.
+def clip_bpe(max_words: int = 1500) -> tuple[dict[str, int], list[str]]:
+    """A CLIP-format BPE (``</w>`` word-end suffix) built deterministically; returns ``(vocab, merges)``.
 
-    CLIP's tokenizer lower-cases, splits on words, maps bytes to printable unicode and marks word
-    ends with ``</w>``; every single byte symbol (with and without ``</w>``) is in the vocabulary,
-    so no input is ever out of vocabulary.
+    Every byte symbol (with and without ``</w>``) is in the vocabulary, so no input is out of
+    vocabulary. Then, for the corpus's most frequent words (ties broken alphabetically), merges that
+    build each word left to right (``m a``, ``ma k``, ``mak e</w>``). Unlike a trained BPE (whose
+    frequency ties break differently from run to run), the same corpus always gives the same files.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    import re
+    from collections import Counter
+
+    from tokenizers import pre_tokenizers
 
     from .corpus import corpus_lines
 
     byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=byte_chars,
-        end_of_word_suffix="</w>",
-        show_progress=False,
-        special_tokens=[],
-    )
-    tok.train_from_iterator([line.lower() for line in corpus_lines()], trainer)
-    learned = tok.get_vocab()
-    merges = [" ".join(pair) for pair in tok.model.get_merges()] if hasattr(tok.model, "get_merges") else []
-    if not merges:  # older tokenizers: read merges from the serialized model
-        import json
-
-        merges = [m if isinstance(m, str) else " ".join(m) for m in json.loads(tok.to_str())["model"]["merges"]]
+    counts = Counter(w for line in corpus_lines() for w in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", line.lower()))
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_words]]
+    merges: list[str] = []
+    seen = set()
+    for word in words:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        prefix = symbols[0]
+        for sym in symbols[1:]:
+            merge = f"{prefix} {sym}"
+            if merge not in seen:
+                seen.add(merge)
+                merges.append(merge)
+            prefix += sym
     vocab: dict[str, int] = {}
     for token in byte_chars + [c + "</w>" for c in byte_chars]:
         vocab.setdefault(token, len(vocab))
-    for token in sorted(learned, key=learned.get):
-        vocab.setdefault(token, len(vocab))
-    for merge in merges:  # every merge result must be in the vocab
+    for merge in merges:
         vocab.setdefault(merge.replace(" ", ""), len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
