@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=256, help="Instructions to classify (default 256).")
     parser.add_argument("--batch-size", type=int, default=64, help="Batch size of the batched run (default 64).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+    parser.add_argument("--edit-steps", type=int, default=20, help="Denoising steps of the timed edit (default 20).")
     args = parser.parse_args(argv)
 
     import torch
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = build_bench_classifier(tmp)
         result = measure(model, tokenizer, instructions, args.batch_size)
         single = time_predict_single(model, tokenizer)
+        edit_time, classify_time = classifier_share_of_edit(Path(tmp), model, tokenizer, args.edit_steps)
     print(
         f"task classifier (zoo classifier-base, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
         f"{torch.get_num_threads()} threads), {result['instructions']} registry instructions"
@@ -100,7 +102,48 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  one at a time:       {result['single_per_s']:9.1f} instructions/s")
     print(f"  batched / one at a time: {result['speedup']:.1f}x")
     print(f"  one instruction (as in one edit): {single * 1e3:.2f} ms")
+    print(f"  one edit with task=None ({args.edit_steps} steps, tiny zoo pipeline, 64x64): {edit_time * 1e3:.1f} ms, "
+          f"of which the classifier {classify_time * 1e3:.2f} ms = {classify_time / edit_time:.1%}   (target < 5%)")
     return 0
+
+
+def classifier_share_of_edit(tmp: Path, model, tokenizer, steps: int) -> tuple[float, float]:
+    """Wall time of one ``task=None`` edit with the tiny zoo pipeline, and the classifier's part of it."""
+    import time
+
+    import numpy as np
+    import PIL.Image
+    import torch
+    from diffusers.utils import logging
+
+    import multiedit.classifier as clf
+    from multiedit import MultiEditPipeline
+    from multiedit.testing import build_zoo
+
+    logging.disable_progress_bar()
+    pipe = MultiEditPipeline.from_pretrained(build_zoo(tmp / "zoo", parts=["pipeline"])["pipeline"])
+    pipe.set_progress_bar_config(disable=True)
+    pipe.attach_classifier(model, tokenizer)
+    spent = [0.0]
+    real = clf.predict_tasks
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        out = real(*a, **k)
+        spent[0] += time.perf_counter() - t
+        return out
+
+    clf.predict_tasks = timed
+    img = PIL.Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8))
+    try:
+        pipe("make it snow", img, task=None, num_inference_steps=2)  # warm-up
+        spent[0] = 0.0
+        t = time.perf_counter()
+        pipe("make it snow", img, task=None, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+        total = time.perf_counter() - t
+    finally:
+        clf.predict_tasks = real
+    return total, spent[0]
 
 
 if __name__ == "__main__":
