@@ -439,6 +439,19 @@ def _one(record, prob, config, task, th, models, maker, writer, summary) -> None
         writer.add_kept(sid, rows)
         summary.kept += 1
         return
+    best, scores, table = score_and_select(cands, record, models, th, task, summary, writer, sid)
+    if best is None:
+        return
+    writer.add_kept(sid, [build_row(record, cands[best], best, len(cands), scores[best], table, config, task, prob)])
+    summary.kept += 1
+
+
+def score_and_select(cands, record, models, th, task, summary, writer, sid):
+    """Score every candidate, count per-filter failures, and pick the best passing one.
+
+    Returns ``(best index or None, scores, score table)``; a sample with no passing candidate is
+    recorded as dropped (with its reason) in ``writer`` and ``summary``.
+    """
     scores = score_candidates(cands, record, models, th, task.pair_strategy)
     summary.candidates += len(cands)
     for s in scores:
@@ -449,9 +462,7 @@ def _one(record, prob, config, task, th, models, maker, writer, summary) -> None
     if best is None:
         writer.add_dropped(sid, reason, candidates=table)
         summary.drop(reason)
-        return
-    writer.add_kept(sid, [build_row(record, cands[best], best, len(cands), scores[best], table, config, task, prob)])
-    summary.kept += 1
+    return best, scores, table
 
 
 def _summary_dict(s: DatagenSummary) -> dict:

@@ -18,8 +18,8 @@ from ..errors import MultiEditError
 from ..images import load_image
 from ..tasks import get_task
 from .candidates import Candidate
-from .engine import DatagenConfig, DatagenModels, DatagenSummary, _score_summary, score_candidates
-from .filters import FILTER_ORDER, failed_filters, select_best
+from .engine import DatagenConfig, DatagenModels, DatagenSummary, score_and_select
+from .filters import FILTER_ORDER
 from .instructions import JsonlAppender, read_jsonl
 from .writer import DatasetWriter
 
@@ -140,16 +140,8 @@ def filter_dataset(dataset: str, config: DatagenConfig, models: DatagenModels | 
                           str(r.get("mask_variant") or ""), int(r.get("seed") or 0))
                 for r in rows
             ]
-            scores = score_candidates(cands, record, models, th, task.pair_strategy)
-            summary.candidates += len(cands)
-            for s in scores:
-                for name in failed_filters(s, th):
-                    summary.candidate_failures[name] += 1
-            table = _score_summary(cands, scores, th)
-            best, reason = select_best(scores, th)
+            best, scores, table = score_and_select(cands, record, models, th, task, summary, writer, sid)
             if best is None:
-                writer.add_dropped(sid, reason, candidates=table)
-                summary.drop(reason)
                 continue
             s = scores[best]
             row = dict(rows[best])
