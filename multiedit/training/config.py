@@ -31,6 +31,9 @@ class TrainConfig:
     max_samples: int | None = _f(None, "Use only the first N rows (debugging).")
     resolution: int = _f(256, "Training resolution (square crops).")
     random_flip: bool = _f(True, "Random horizontal flip, applied identically to both images.")
+    augment: str = _f("ip2p", "Augmentation: ip2p (random resize in [res, res*9/8], random crop, --random-flip) or none "
+                              "(resize to res x res only; for exact synthetic data such as ShapesWorld).",
+                      choices=["ip2p", "none"])
     max_steps: int = _f(1000, "Total optimisation steps.")
     batch_size: int = _f(4, "Per-device batch size.")
     gradient_accumulation_steps: int = _f(1, "Accumulate gradients over this many batches.")
@@ -77,6 +80,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "cache_variants"):
             if getattr(self, name) < 1:
                 raise MultiEditError(f"{name}={getattr(self, name)} must be at least 1.")
+        if self.augment not in ("ip2p", "none"):
+            raise MultiEditError(f"augment={self.augment!r}; use ip2p or none.")
         if self.train_mode not in ("full", "tasks", "lora"):
             raise MultiEditError(f"train_mode={self.train_mode!r}; use full, tasks or lora.")
 

@@ -76,13 +76,14 @@ class EditPairs(torch.utils.data.Dataset):
     """
 
     def __init__(self, hf_dataset, columns: dict, task_ids: list[int], resolution: int, random_flip: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, augment: str = "ip2p"):
         self.ds = hf_dataset
         self.columns = columns
         self.task_ids = task_ids
         self.resolution = resolution
         self.random_flip = random_flip
         self.seed = seed
+        self.augment_mode = augment  # "ip2p", or "none": resize to res x res, no crop, no flip
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -93,6 +94,9 @@ class EditPairs(torch.utils.data.Dataset):
 
     def augment(self, images: list[PIL.Image.Image], rng: random.Random) -> list[torch.Tensor]:
         res = self.resolution
+        if self.augment_mode == "none":
+            return [_to_tensor(img if img.size == (res, res) else img.resize((res, res), PIL.Image.BICUBIC))
+                    for img in images]
         size = rng.randint(res, res * 9 // 8)
         w, h = images[0].size
         scale = size / min(w, h)
@@ -104,8 +108,7 @@ class EditPairs(torch.utils.data.Dataset):
             img = img.resize((nw, nh), PIL.Image.BICUBIC).crop((left, top, left + res, top + res))
             if flip:
                 img = img.transpose(PIL.Image.FLIP_LEFT_RIGHT)
-            arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
-            out.append(arr.permute(2, 0, 1).contiguous())
+            out.append(_to_tensor(img))
         return out
 
     def load_pair(self, index: int) -> tuple[PIL.Image.Image, PIL.Image.Image]:
@@ -131,6 +134,12 @@ class EditPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.item(index, self.epoch)
+
+
+def _to_tensor(img: PIL.Image.Image) -> torch.Tensor:
+    """(3, H, W) float in [-1, 1]."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
+    return arr.permute(2, 0, 1).contiguous()
 
 
 def resolve_columns(ds, cfg) -> dict:
@@ -202,7 +211,7 @@ def build_dataset(cfg, task_names: list[str]) -> EditPairs:
         feat = ds.features.get(cols[key])
         if isinstance(feat, datasets.Image):
             ds = ds.cast_column(cols[key], datasets.Image(decode=False))
-    pairs = EditPairs(ds, cols, ids, cfg.resolution, cfg.random_flip, cfg.seed)
+    pairs = EditPairs(ds, cols, ids, cfg.resolution, cfg.random_flip, cfg.seed, augment=cfg.augment)
     check_rows(pairs)
     counts = {task_names[t]: ids.count(t) for t in sorted(set(ids))}
     log.info("dataset %s: %d rows; tasks %s", cfg.dataset, len(ds), counts)

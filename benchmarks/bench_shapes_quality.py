@@ -1,0 +1,278 @@
+"""ShapesWorld quality benchmark: Emu Edit's claims in miniature, against exact targets.
+
+    .venv/bin/python benchmarks/bench_shapes_quality.py                       # parts 1, 2 (classifier), 4
+    .venv/bin/python benchmarks/bench_shapes_quality.py --notask-model DIR    # + the no-task-embedding ablation
+    .venv/bin/python benchmarks/bench_shapes_quality.py --inversion           # + part 3 (task inversion)
+
+On a fixed, seeded test split (``write_shapes_dataset(..., split="test", seed=0)``: scenes drawn apart from
+training and instructions from the held-out phrasings), it measures
+
+1. per task: L1 (mean absolute error, pixels in [0, 1]) and PSNR (dB) of the edit against the exact
+   target, next to the identity edit (output = input); for region tasks also the mean change outside
+   the edited region (the edit's mask), where the target equals the source;
+2. the model with the true task vs the task its classifier predicts, and (``--notask-model``) a model
+   trained on the same data with one task label for every sample (Emu Edit Table 3 in miniature);
+3. (``--inversion``) task inversion on the held-out tasks mirror and sepia with 1, 10 and 100 examples,
+   against the same backbone fine-tuned fully on 100 examples (Emu Edit §4.2);
+4. the task classifier's accuracy on the held-out phrasings.
+
+Writes ``benchmarks/results/shapes_quality.md``, ``.json`` and ``.png`` (grid: source, edit, target per
+task). Sampling settings are fixed up front (DDIM, 25 steps, text guidance 1.5, image guidance 1.0,
+seed 0); they were not tuned on this split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# ---------------------------------------------------------------------------- data and metrics
+def test_rows(tasks, n, seed=0, split="test"):
+    from multiedit.datagen.shapes import make_example
+
+    return [make_example(t, i, seed=seed, split=split) for t in tasks for i in range(n)]
+
+
+def arr(img) -> np.ndarray:
+    return np.asarray(img, dtype=np.float64) / 255.0
+
+
+def metrics(out: np.ndarray, row: dict) -> dict:
+    """``out`` (H, W, 3) in [0, 1] against the row's exact target."""
+    src, tgt = arr(row["input_image"]), arr(row["edited_image"])
+    mask = np.asarray(row["mask"]) > 0
+    mse = float(((out - tgt) ** 2).mean())
+    res = {"l1": float(np.abs(out - tgt).mean()), "psnr": 10 * np.log10(1.0 / max(mse, 1e-10))}
+    if (~mask).any():
+        res["outside"] = float(np.abs(out - src)[~mask].mean())
+    return res
+
+
+def mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def run_edits(pipe, rows, tasks, args) -> list[np.ndarray]:
+    """Edit every row (``tasks``: one per row, or None for the classifier); (H, W, 3) arrays in [0, 1]."""
+    import torch
+
+    outs = []
+    for start in range(0, len(rows), args.batch):
+        chunk = rows[start : start + args.batch]
+        task = None if tasks is None else tasks[start : start + args.batch]
+        res = pipe([r["edit_prompt"] for r in chunk], [r["input_image"] for r in chunk], task=task,
+                   num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
+                   generator=torch.Generator().manual_seed(args.seed + start), output_type="np")
+        outs += list(res.images.astype(np.float64))
+    return outs
+
+
+def score(rows, outs) -> dict[str, dict]:
+    """Per-task means of the model's and the identity edit's metrics."""
+    by_task: dict[str, dict] = {}
+    for row, out in zip(rows, outs):
+        m, ident = metrics(out, row), metrics(arr(row["input_image"]), row)
+        d = by_task.setdefault(row["task"], {"l1": [], "psnr": [], "outside": [], "id_l1": [], "id_psnr": []})
+        d["l1"].append(m["l1"])
+        d["psnr"].append(m["psnr"])
+        d["outside"].append(m.get("outside"))
+        d["id_l1"].append(ident["l1"])
+        d["id_psnr"].append(ident["psnr"])
+    return {t: {k: mean(v) for k, v in d.items()} for t, d in by_task.items()}
+
+
+def overall(table: dict) -> dict:
+    return {k: mean([r[k] for r in table.values()]) for k in ("l1", "psnr", "id_l1", "id_psnr")}
+
+
+# ---------------------------------------------------------------------------- parts
+def part_tasks(pipe, rows, args, notask_pipe=None):
+    from multiedit.datagen.shapes.edits import REGION_TASKS
+
+    true_out = run_edits(pipe, rows, [r["task"] for r in rows], args)
+    table = score(rows, true_out)
+    lines = ["## 1. Per-task edit accuracy (test split, held-out phrasings)", "",
+             f"{args.n} edits per task; L1 = mean |edit − exact target| (pixels in [0, 1]); identity = output the input; "
+             "outside = mean change outside the edited region (region tasks; 0 is perfect).", "",
+             "| task | L1 model | L1 identity | PSNR model (dB) | PSNR identity (dB) | outside-region change | beats identity |",
+             "|---|---:|---:|---:|---:|---:|:---:|"]
+    for t, r in table.items():
+        outside = f"{r['outside']:.4f}" if t in REGION_TASKS else "–"
+        lines.append(f"| {t} | {r['l1']:.4f} | {r['id_l1']:.4f} | {r['psnr']:.1f} | {r['id_psnr']:.1f} | {outside} | "
+                     f"{'yes' if r['l1'] < r['id_l1'] else 'no'} |")
+    o = overall(table)
+    lines.append(f"| **all** | **{o['l1']:.4f}** | {o['id_l1']:.4f} | **{o['psnr']:.1f}** | {o['id_psnr']:.1f} | | |")
+    results = {"per_task": table, "overall": o}
+
+    pred_out = run_edits(pipe, rows, None, args) if pipe.task_classifier is not None else None
+    lines += ["", "## 2. Task conditioning (Emu Edit Table 3 in miniature)", "",
+              "| model | task given | L1 | PSNR (dB) |", "|---|---|---:|---:|",
+              f"| with task embedding | true task | {o['l1']:.4f} | {o['psnr']:.1f} |"]
+    if pred_out is not None:
+        p = overall(score(rows, pred_out))
+        results["predicted_task"] = p
+        lines.append(f"| with task embedding | classifier's prediction | {p['l1']:.4f} | {p['psnr']:.1f} |")
+    if notask_pipe is not None:
+        nt = overall(score(rows, run_edits(notask_pipe, rows, ["local"] * len(rows), args)))
+        results["no_task_embedding"] = nt
+        lines.append(f"| without task embedding (one label for all) | – | {nt['l1']:.4f} | {nt['psnr']:.1f} |")
+    else:
+        lines.append("| without task embedding | – | not run (pass --notask-model) | |")
+    lines.append(f"| identity | – | {o['id_l1']:.4f} | {o['id_psnr']:.1f} |")
+    return lines, results, true_out
+
+
+def part_classifier(pipe, rows):
+    from multiedit.classifier import predict_tasks
+
+    if pipe.task_classifier is None:
+        return ["## 4. Classifier", "", "The model has no task classifier."], {}
+    preds = predict_tasks(pipe.task_classifier, pipe.classifier_tokenizer, [r["edit_prompt"] for r in rows])
+    per: dict[str, list] = {}
+    for r, p in zip(rows, preds):
+        per.setdefault(r["task"], []).append(p.task == r["task"])
+    acc = mean([x for v in per.values() for x in v])
+    lines = ["## 4. Task classifier on held-out phrasings", "",
+             f"Accuracy {acc:.3f} over {len(rows)} test instructions (phrasings never seen in training).", "",
+             "| task | accuracy |", "|---|---:|"] + [f"| {t} | {mean(v):.2f} |" for t, v in per.items()]
+    return lines, {"accuracy": acc, "per_task": {t: mean(v) for t, v in per.items()}}
+
+
+def part_inversion(model_dir, args):
+    """Invert mirror and sepia from 1/10/100 examples; compare with full fine-tuning on 100."""
+    from multiedit.datagen.shapes import HELDOUT_TASKS, write_shapes_dataset
+    from multiedit.editing import load_pipeline
+    from multiedit.inversion import InvertConfig, invert_task
+    from multiedit.pipeline import MultiEditPipeline
+    from multiedit.training import TrainConfig, train
+
+    tasks = list(HELDOUT_TASKS)
+    rows = test_rows(tasks, args.n)
+    results: dict = {}
+    lines = ["## 3. Task inversion on held-out tasks", "",
+             f"New task vector only (backbone frozen), {args.invert_steps} steps, vs the whole UNet fine-tuned on "
+             f"100 examples per task for {args.finetune_steps} steps; {args.n} test edits per task; L1 (PSNR dB).", "",
+             "| task | identity | 1 example | 10 examples | 100 examples | full fine-tune (100) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for task in tasks:
+            task_rows = [r for r in rows if r["task"] == task]
+            results[task] = {"identity": overall(score(task_rows, [arr(r["input_image"]) for r in task_rows]))["id_l1"]}
+            for k in (1, 10, 100):
+                data = write_shapes_dataset(tmp / f"{task}-{k}", [task], k, seed=args.seed, progress=False)
+                emb = invert_task(InvertConfig(model=str(model_dir), examples=str(data), name=task, out=str(tmp / f"emb-{task}-{k}"),
+                                               steps=args.invert_steps, batch_size=min(8, max(k, 1)), seed=args.seed,
+                                               cache_variants=1))
+                pipe = load_pipeline(model_dir, [emb])
+                pipe.set_progress_bar_config(disable=True)
+                o = overall(score(task_rows, run_edits(pipe, task_rows, [task] * len(task_rows), args)))
+                results[task][k] = (o["l1"], o["psnr"])
+        # full fine-tuning on 100 examples of both tasks, from the same model with two new (zero) task rows
+        base = MultiEditPipeline.from_pretrained(str(model_dir))
+        for task in tasks:
+            base.add_task(task)
+        base.save_pretrained(tmp / "ft-base", safe_serialization=True)
+        data = write_shapes_dataset(tmp / "ft-data", tasks, 100, seed=args.seed, progress=False)
+        train(TrainConfig(model=str(tmp / "ft-base"), dataset=str(data), out=str(tmp / "ft"), resolution=64,
+                          max_steps=args.finetune_steps, batch_size=8, lr=2e-4, lr_scheduler="cosine", cache_latents=True,
+                          cache_variants=1, augment="none", random_flip=False, seed=args.seed, report_to="none",
+                          checkpointing_steps=10**6))
+        ft = MultiEditPipeline.from_pretrained(str(tmp / "ft"))
+        ft.set_progress_bar_config(disable=True)
+        for task in tasks:
+            task_rows = [r for r in rows if r["task"] == task]
+            o = overall(score(task_rows, run_edits(ft, task_rows, [task] * len(task_rows), args)))
+            results[task]["finetune"] = (o["l1"], o["psnr"])
+    for task in tasks:
+        r = results[task]
+        cells = [f"{r[k][0]:.4f} ({r[k][1]:.1f})" for k in (1, 10, 100, "finetune")]
+        lines.append(f"| {task} | {r['identity']:.4f} | " + " | ".join(cells) + " |")
+    return lines, {t: {str(k): v for k, v in r.items()} for t, r in results.items()}
+
+
+def grid(rows, outs, path: Path, per_task: int = 1, scale: int = 2):
+    """One row per task: source | model edit | exact target."""
+    import PIL.Image
+
+    picked, seen = [], {}
+    for row, out in zip(rows, outs):
+        if seen.get(row["task"], 0) < per_task:
+            seen[row["task"]] = seen.get(row["task"], 0) + 1
+            picked.append((row, out))
+    s = 64 * scale
+    canvas = PIL.Image.new("RGB", (3 * s + 8, len(picked) * (s + 4)), "white")
+    for i, (row, out) in enumerate(picked):
+        imgs = [row["input_image"], PIL.Image.fromarray(np.uint8(np.clip(out, 0, 1) * 255 + 0.5)), row["edited_image"]]
+        for j, img in enumerate(imgs):
+            canvas.paste(img.resize((s, s), PIL.Image.NEAREST), (j * (s + 4), i * (s + 4)))
+    canvas.save(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="Pipeline folder (default: the embedded default model).")
+    ap.add_argument("--notask-model", default=None, help="The same model trained without task information (part 2).")
+    ap.add_argument("--inversion", action="store_true", help="Run part 3 (task inversion; a few CPU minutes).")
+    ap.add_argument("-n", type=int, default=20, help="Test edits per task.")
+    ap.add_argument("--steps", type=int, default=25, help="DDIM steps.")
+    ap.add_argument("--guidance", type=float, default=1.5, help="Text guidance scale.")
+    ap.add_argument("--image-guidance", type=float, default=1.0, help="Image guidance scale.")
+    ap.add_argument("--batch", type=int, default=25, help="Edits per pipeline call.")
+    ap.add_argument("--seed", type=int, default=0, help="Sampling seed.")
+    ap.add_argument("--invert-steps", type=int, default=200, help="Task inversion steps (part 3).")
+    ap.add_argument("--finetune-steps", type=int, default=200, help="Full fine-tuning steps (part 3).")
+    ap.add_argument("--out", default=str(RESULTS), help="Folder for shapes_quality.{md,json,png}.")
+    args = ap.parse_args(argv)
+
+    from multiedit.datagen.shapes import TRAINED_TASKS
+    from multiedit.editing import default_model, load_pipeline
+
+    t0 = time.time()
+    model_dir = Path(args.model) if args.model else default_model()
+    pipe = load_pipeline(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    notask = None
+    if args.notask_model:
+        notask = load_pipeline(args.notask_model)
+        notask.set_progress_bar_config(disable=True)
+    rows = test_rows(TRAINED_TASKS, args.n)
+
+    lines = ["# ShapesWorld quality benchmark", "",
+             f"Model: `{model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir}`; "
+             f"test split seed 0; DDIM {args.steps} steps, guidance {args.guidance}, image guidance "
+             f"{args.image_guidance}, sampling seed {args.seed}.", ""]
+    part_lines, results, outs = part_tasks(pipe, rows, args, notask)
+    lines += part_lines + [""]
+    if args.inversion:
+        inv_lines, results["inversion"] = part_inversion(model_dir, args)
+        lines += inv_lines + [""]
+    else:
+        lines += ["## 3. Task inversion", "", "Not run (pass --inversion).", ""]
+    clf_lines, results["classifier"] = part_classifier(pipe, rows)
+    lines += clf_lines + ["", f"_Wall time {time.time() - t0:.0f} s._", ""]
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shapes_quality.md").write_text("\n".join(lines))
+    (out / "shapes_quality.json").write_text(json.dumps(results, indent=2, default=float))
+    grid(rows, outs, out / "shapes_quality.png")
+    print("\n".join(lines))
+    print(f"wrote {out / 'shapes_quality.md'}, .json and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""The ShapesWorld toy preset: a CPU-sized MultiEditPipeline for 64×64 ShapesWorld images.
+
+Components (all stock diffusers / transformers classes, so the folder loads with ``from_pretrained``):
+
+- ``vae``: ``AutoencoderKL`` with two levels (64×64×3 → 32×32×4), trained here on ShapesWorld images
+  (source and edited) with an L1 + MSE reconstruction loss and a tiny KL term; ``scaling_factor`` is set
+  to 1 / std of its latents, as Stable Diffusion's 0.18215 was.
+- ``text_encoder``: a 2-layer CLIP text model (width 64), random and frozen — training never updates it
+  (IP2P freezes CLIP too); the UNet learns to read its token features through cross-attention.
+- ``unet``: ``UNet2DConditionModel`` on 32×32×8 inputs, with the task table (``num_class_embeds`` = every
+  registered task, zero-initialised; Emu Edit §3.2).
+- ``scheduler``: DDIM with v-prediction and trailing timesteps; the pipeline runs residual diffusion.
+
+Why v-prediction and residual: at this size, ε-prediction sampled from pure noise drifts in global
+colour although its one-step estimates are good; predicting v and diffusing only the change
+``z_edit − z_src`` fixed that and was the largest gain at fixed compute (issue 9, trial run).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+RESOLUTION = 64
+LATENT_CHANNELS = 4  # colour in channels 0-2; channel 3 is always 0
+
+
+def build_shapes_components(seed: int = 0) -> dict:
+    """Untrained ``vae``, ``text_encoder``, ``tokenizer``, ``unet`` and ``scheduler`` of the preset."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .task_unet import add_task_table
+    from .tasks import list_tasks
+    from .testing.tokenizers import build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer(model_max_length=32)  # instructions are short
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+    )).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=[8], layers_per_block=1,
+        down_block_types=["DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D"],
+        sample_size=RESOLUTION, mid_block_add_attention=False, norm_num_groups=1,
+    )
+    torch.manual_seed(seed + 2)
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION, in_channels=2 * LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        block_out_channels=(16, 32, 64, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8,
+    )
+    add_task_table(unet, len(list_tasks()))
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False,
+    )
+    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
+
+
+def make_exact_autoencoder(vae, k: float = 1000.0) -> None:
+    """Set ``vae``'s weights so that decode(encode(x)) = x (up to float rounding, ~1e-6).
+
+    ``vae`` must be the preset's single-level AutoencoderKL (no resampling; GroupNorm with one group;
+    8 channels). Every ResNet branch ends in a zero conv, so each block is the identity. The only
+    non-linear steps left are ``conv_norm_out`` (GroupNorm) and SiLU before ``conv_out``; conv_in
+    writes each colour c as the pair (+x_c, −x_c) next to constant channels (+K, −K). Then the
+    GroupNorm mean is exactly 0, its std is K/2·(1 + O(x²/K²)), and conv_out reads
+    silu(a) − silu(−a) = a, undoing the scale. Log-variances are fixed at the clamp floor.
+    """
+    c = vae.config.block_out_channels[0]
+    lat = vae.config.latent_channels
+    if len(vae.config.block_out_channels) != 1 or c != 8 or vae.config.norm_num_groups != 1 or lat < 3:
+        raise ValueError("make_exact_autoencoder needs the preset's 1-level, 8-channel, 1-group AutoencoderKL")
+    sigma = k / 2  # std of the GroupNorm input: two of eight channels at ±k
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.zero_()
+        for norm in [m for m in vae.modules() if isinstance(m, torch.nn.GroupNorm)]:
+            norm.weight.fill_(1.0)
+
+        def split_in(conv, n_in):  # n_in inputs (center tap) -> [+x, -x] for 3 channels, then +k, -k
+            for ch in range(3):
+                conv.weight[ch, ch, 1, 1] = 1.0
+                conv.weight[3 + ch, ch, 1, 1] = -1.0
+            conv.bias[6], conv.bias[7] = k, -k
+
+        def merge_out(conv, n_out):  # silu(+x/σ) − silu(−x/σ) = x/σ
+            for ch in range(3):
+                conv.weight[ch, ch, 1, 1] = sigma
+                conv.weight[ch, 3 + ch, 1, 1] = -sigma
+
+        split_in(vae.encoder.conv_in, 3)
+        merge_out(vae.encoder.conv_out, lat)
+        vae.encoder.conv_out.bias[lat:] = -30.0  # log-variance → std ≈ 3e-7: sampling returns the mean
+        split_in(vae.decoder.conv_in, lat)
+        merge_out(vae.decoder.conv_out, 3)
+        for conv in (vae.quant_conv, vae.post_quant_conv):
+            if conv is not None:
+                n = conv.weight.shape[0]
+                conv.weight[:, :, 0, 0] = torch.eye(n)
+    vae.eval().requires_grad_(False)
+
+
+def sample_images(n: int, seed: int = 0) -> torch.Tensor:
+    """``(n, 3, 64, 64)`` float in [-1, 1]: ShapesWorld source images of every trained task."""
+    from .datagen.shapes import TRAINED_TASKS, make_example
+
+    arr = [np.array(make_example(TRAINED_TASKS[i % len(TRAINED_TASKS)], i, seed=seed)["input_image"]) for i in range(n)]
+    return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def reconstruction_error(vae, images: torch.Tensor) -> float:
+    """Mean absolute error of decode(encode(x)) in [0, 1] pixel units; ``images`` (N, 3, H, W) in [-1, 1]."""
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(images).latent_dist.mode()).sample
+    return float((rec - images).abs().mean() / 2)
+
+
+def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0):
+    """The untrained preset pipeline (its autoencoder exact by construction); saved to ``out`` when given. Returns the pipeline."""
+    from .pipeline import MultiEditPipeline
+    from .tasks import list_tasks
+
+    parts = build_shapes_components(seed)
+    make_exact_autoencoder(parts["vae"])
+    # Stable Diffusion scales latents to unit variance (its 0.18215); here latents are pixels in [-1, 1].
+    parts["vae"].register_to_config(scaling_factor=1.0 / float(sample_images(256, seed).std()))
+    pipe = MultiEditPipeline(**parts, task_names=list_tasks(), residual=True)
+    if out is not None:
+        pipe.save_pretrained(out, safe_serialization=True)
+    return pipe

@@ -1,0 +1,278 @@
+"""ShapesWorld: every edit is exact, masks match the shapes, the dataset is our format, the preset runs."""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import numpy as np
+import pytest
+
+from multiedit.datagen.shapes import edits, phrasings, world
+from multiedit.datagen.shapes.edits import EditSpec, apply_edit, sample_edit
+from multiedit.datagen.shapes.world import BACKGROUNDS, COLOURS, POSITIONS, Scene, Shape, render
+
+
+def scenes(n=40, seed=0):
+    rng = random.Random(seed)
+    return [world.random_scene(rng) for _ in range(n)]
+
+
+def paint(img, mask, shape: Shape):
+    """Independent image-space painting of ``shape``'s texture into ``mask``."""
+    y, x = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    on = {"solid": np.ones_like(mask), "striped": (y // 2) % 2 == 0, "checkered": (x // 2 + y // 2) % 2 == 0}[shape.texture]
+    img[mask & on] = COLOURS[shape.colour]
+    img[mask & ~on] = (255, 255, 255)
+
+
+# ---------------------------------------------------------------------------- world
+def test_masks_are_disjoint_inside_their_cells_and_match_the_geometry():
+    for scene in scenes():
+        labels = world.label_map(scene)
+        for i, s in enumerate(scene.shapes):
+            m = world.shape_mask(s)
+            assert (labels == i).sum() == m.sum() > 0  # nothing overdrawn: shapes never overlap
+            ys, xs = np.nonzero(m)
+            step = scene.size / 3
+            col, row = s.cell % 3, s.cell // 3
+            assert xs.min() >= col * step and xs.max() < (col + 1) * step
+            assert ys.min() >= row * step and ys.max() < (row + 1) * step
+    r = world.SIZES["large"]
+    area = {k: world.shape_mask(Shape(k, "red", "large", 4)).sum() for k in world.KINDS}
+    assert abs(area["circle"] - np.pi * r * r) < 0.1 * np.pi * r * r
+    assert area["square"] == (2 * r + 1) ** 2 or abs(area["square"] - (2 * r) ** 2) <= 4 * r + 1
+    assert abs(area["triangle"] - 2 * r * r) < 0.15 * 2 * r * r  # base 2r, height 2r
+
+
+def test_render_colours_pixels_by_label_and_texture():
+    for scene in scenes(10):
+        img, labels = render(scene), world.label_map(scene)
+        assert (img[labels < 0] == BACKGROUNDS[scene.background]).all()
+        for i, s in enumerate(scene.shapes):
+            expected = np.zeros_like(img)
+            paint(expected, labels == i, s)
+            assert (img[labels == i] == expected[labels == i]).all()
+
+
+def test_scene_json_round_trip():
+    for scene in scenes(5):
+        assert Scene.from_json(scene.to_json()) == scene
+
+
+# ---------------------------------------------------------------------------- edits
+def region_examples(op):
+    out = []
+    for k, scene in enumerate(scenes(60, seed=1)):
+        task = {"add": "add", "remove": "remove", "recolour": "local", "rekind": "local", "texture": "texture",
+                "background": "background"}[op]
+        rng = random.Random(k)
+        for _ in range(20):
+            spec = sample_edit(task, scene, rng)
+            if spec is not None and spec.op == op:
+                out.append((scene, spec))
+                break
+    assert len(out) > 10
+    return out
+
+
+@pytest.mark.parametrize("op", ["add", "remove", "recolour", "rekind", "texture", "background"])
+def test_region_edit_equals_the_same_edit_done_on_pixels(op):
+    """Re-rendering the edited scene equals the edit applied directly to the source image."""
+    for scene, spec in region_examples(op):
+        src, labels = render(scene), world.label_map(scene)
+        res = apply_edit(scene, spec)
+        p = spec.params
+        expected = src.copy()
+        if op == "add":
+            new = Shape(p["kind"], p["colour"], "large", POSITIONS.index(p["pos"]), "solid")
+            paint(expected, world.shape_mask(new), new)
+        elif op == "background":
+            expected[labels < 0] = BACKGROUNDS[p["bg"]]
+        else:
+            i = scene.find(p["shape"])
+            old = scene.shapes[i]
+            mask = labels == i
+            if op == "remove":
+                expected[mask] = BACKGROUNDS[scene.background]
+            elif op == "recolour":
+                expected[mask & (src == COLOURS[old.colour]).all(-1)] = COLOURS[p["colour"]]
+            elif op == "texture":
+                paint(expected, mask, Shape(old.kind, old.colour, old.size, old.cell, p["texture"]))
+            else:  # rekind: clear the old shape, paint the new one
+                expected[mask] = BACKGROUNDS[scene.background]
+                new = Shape(p["kind"], old.colour, old.size, old.cell, old.texture)
+                paint(expected, world.shape_mask(new), new)
+        np.testing.assert_array_equal(res.image, expected)
+        changed = (res.image != src).any(-1)
+        assert not (changed & ~res.mask).any(), "pixels outside the edit mask changed"
+        assert res.caption == res.scene.caption() and res.caption != scene.caption()
+
+
+def test_detect_and_segment_touch_only_their_region():
+    for scene in scenes(20, seed=2):
+        target = scene.shapes[0]
+        region = world.label_map(scene) == 0
+        src = render(scene)
+        det = apply_edit(scene, EditSpec("detect", "detect", {"shape": target.name}))
+        seg = apply_edit(scene, EditSpec("segment", "segment", {"shape": target.name}))
+        assert not (det.mask & region).any()  # the box is outside the shape
+        ys, xs = np.nonzero(det.mask)
+        rys, rxs = np.nonzero(region)
+        assert (ys.min(), ys.max(), xs.min(), xs.max()) == (rys.min() - 1, rys.max() + 1, rxs.min() - 1, rxs.max() + 1)
+        assert (det.image[det.mask] == edits.MARK).all() and (det.image[~det.mask] == src[~det.mask]).all()
+        np.testing.assert_array_equal(seg.mask, region)
+        assert (seg.image[~region] == src[~region]).all() and (seg.image[region] != src[region]).any(-1).all()
+
+
+def test_mirror_equals_rendering_the_mirrored_scene():
+    for scene in scenes(20, seed=3):
+        shapes = [Shape(s.kind, s.colour, s.size, s.cell // 3 * 3 + 2 - s.cell % 3, s.texture)
+                  for s in scene.shapes if s.texture != "checkered"]  # 2-px checks are not mirror-symmetric
+        plain = scene.with_shapes([s for s in scene.shapes if s.texture != "checkered"])
+        out = apply_edit(plain, EditSpec("mirror", "mirror", {})).image
+        np.testing.assert_array_equal(out, render(plain.with_shapes(shapes)))
+
+
+def test_pixel_filters_follow_their_stated_formulas():
+    scene = scenes(1, seed=4)[0]
+    src = render(scene).astype(int)
+    f = lambda op: apply_edit(scene, EditSpec("x", op, {})).image.astype(int)  # noqa: E731
+    np.testing.assert_array_equal(f("invert"), 255 - src)
+    gray = f("grayscale")
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    assert np.abs(gray[..., 0] - (0.299 * src[..., 0] + 0.587 * src[..., 1] + 0.114 * src[..., 2])).max() <= 0.5
+    assert np.abs(f("night") - src * np.array(edits.NIGHT)).max() <= 0.5
+    assert (f("night") < src + 1).all()
+    sketch = f("sketch")
+    assert set(np.unique(sketch)) <= {0, 255} and (sketch == 0).any()
+
+
+def test_every_task_samples_a_valid_edit_and_region_masks_are_tight():
+    for task in edits.ALL_TASK_OPS:
+        for k, scene in enumerate(scenes(15, seed=5)):
+            spec = sample_edit(task, scene, random.Random(k))
+            if spec is None:
+                continue
+            res = apply_edit(scene, spec)
+            assert res.image.shape == (64, 64, 3) and res.image.dtype == np.uint8
+            if task in edits.REGION_TASKS:
+                assert res.mask.any() and not res.mask.all()
+
+
+# ---------------------------------------------------------------------------- phrasings and dataset
+def test_train_and_test_phrasings_are_disjoint_and_fill_every_slot():
+    slots = {"shape": "red circle", "colour": "blue", "kind": "square", "pos": "top left", "bg": "pink",
+             "texture": "striped"}
+    for op, (train, test) in phrasings.TEMPLATES.items():
+        assert train and test and not set(train) & set(test), op
+        train_texts = {t.format(**slots) for t in train}
+        assert not train_texts & {t.format(**slots) for t in test}, op
+        assert "{" not in phrasings.phrase(op, slots, "test", random.Random(0))
+
+
+def test_dataset_is_our_format_deterministic_and_resumable(tmp_path):
+    from multiedit.datagen.shapes import write_shapes_dataset
+    from multiedit.training.data import load_edit_dataset
+
+    out = write_shapes_dataset(tmp_path / "a", ["add", "color"], 3, seed=7, split="test", progress=False)
+    ds = load_edit_dataset(str(out))
+    assert len(ds) == 6
+    assert {"input_image", "edited_image", "edit_prompt", "task", "input_caption", "output_caption", "mask"} <= set(
+        ds.column_names)
+    test_templates = {t for op in ("add", "grayscale", "invert") for t in phrasings.TEMPLATES[op][1]}
+    row = ds[0]
+    assert row["task"] == "add" and row["input_image"].size == (64, 64)
+    spec = EditSpec("add", row["op"], __import__("json").loads(row["edit"]))
+    again = apply_edit(Scene.from_json(row["scene"]), spec)
+    np.testing.assert_array_equal(np.asarray(row["edited_image"]), again.image)
+    np.testing.assert_array_equal(np.asarray(row["mask"]) > 0, again.mask)
+    assert any(row["edit_prompt"].startswith(t.split("{")[0]) for t in test_templates)
+    out_b = write_shapes_dataset(tmp_path / "b", ["add", "color"], 3, seed=7, split="test", progress=False)
+    for f in sorted(out.iterdir()):
+        assert f.read_bytes() == (out_b / f.name).read_bytes()
+    shard = out / "test-add-00000.parquet"
+    stamp = shard.stat().st_mtime_ns
+    write_shapes_dataset(out, ["add", "color"], 3, seed=7, split="test", progress=False)
+    assert shard.stat().st_mtime_ns == stamp  # finished shards are kept on a rerun
+    train = load_edit_dataset(str(write_shapes_dataset(tmp_path / "c", ["add"], 3, seed=7, progress=False)))
+    assert train["input_caption"] != ds["input_caption"][:3]  # the splits draw different scenes
+
+
+def test_unknown_task_is_a_clear_error(tmp_path):
+    from multiedit.datagen.shapes import write_shapes_dataset
+    from multiedit.errors import MultiEditError
+
+    with pytest.raises(MultiEditError, match="no task 'text'"):
+        write_shapes_dataset(tmp_path, ["text"], 2)
+
+
+def test_cli_entry_writes_the_dataset(tmp_path, capsys):
+    from multiedit.datagen.shapes.cli import add_shapes_arguments, run_shapes
+
+    parser = argparse.ArgumentParser()
+    add_shapes_arguments(parser)
+    args = parser.parse_args(["--task", "remove", "-n", "2", "--seed", "3", "--out", str(tmp_path / "d")])
+    assert run_shapes(args) == 0
+    assert (tmp_path / "d" / "train-remove-00000.parquet").is_file()
+    assert "remove" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- training data option + preset
+def test_augment_none_keeps_the_exact_pixels(tmp_path):
+    import datasets
+
+    from multiedit.datagen.shapes import write_shapes_dataset
+    from multiedit.training.data import EditPairs, load_edit_dataset
+
+    ds = load_edit_dataset(str(write_shapes_dataset(tmp_path, ["detect"], 2, progress=False)))
+    ds = ds.cast_column("input_image", datasets.Image(decode=False)).cast_column("edited_image", datasets.Image(decode=False))
+    cols = {"input": "input_image", "edited": "edited_image", "prompt": "edit_prompt"}
+    exact = EditPairs(ds, cols, [0, 0], 64, random_flip=False, augment="none").item(0, 0)
+    src = np.asarray(load_edit_dataset(str(tmp_path))[0]["input_image"], dtype=np.float32) / 127.5 - 1
+    np.testing.assert_allclose(exact["input_pixels"].permute(1, 2, 0).numpy(), src)
+    shifted = [EditPairs(ds, cols, [0, 0], 64, augment="ip2p").item(0, v)["input_pixels"] for v in range(4)]
+    assert any(not np.allclose(s.numpy(), exact["input_pixels"].numpy()) for s in shifted)
+
+
+def test_train_config_rejects_unknown_augment():
+    from multiedit.errors import MultiEditError
+    from multiedit.training import TrainConfig
+
+    with pytest.raises(MultiEditError, match="augment"):
+        TrainConfig(model="m", dataset="d", out="o", augment="heavy")
+
+
+def test_preset_pipeline_edits_64px_images_with_residual_v_prediction(tmp_path):
+    import torch
+
+    from multiedit.pipeline import MultiEditPipeline
+    from multiedit.shapes_preset import build_shapes_pipeline
+
+    build_shapes_pipeline(tmp_path / "p", seed=0)
+    loaded = MultiEditPipeline.from_pretrained(tmp_path / "p")
+    assert loaded.config.residual and loaded.scheduler.config.prediction_type == "v_prediction"
+    assert loaded.unet.config.in_channels == 2 * loaded.vae.config.latent_channels
+    img = render(scenes(1)[0])
+    out = loaded("make it night", img / 255.0, task="global", num_inference_steps=2, guidance_scale=1.5,
+                 image_guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+
+
+def test_preset_autoencoder_is_exact_for_any_image_after_a_save_and_load(tmp_path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    from multiedit.shapes_preset import build_shapes_components, make_exact_autoencoder, reconstruction_error
+
+    vae = build_shapes_components(0)["vae"]
+    make_exact_autoencoder(vae)
+    vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    vae = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    shapes = torch.from_numpy(np.stack([render(s) for s in scenes(4)])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    noise = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for images in (shapes, noise):
+        assert reconstruction_error(vae, images) < 1e-4  # float rounding; one grey level is 4e-3
+    dist = vae.encode(shapes).latent_dist
+    assert float(dist.std.max()) < 1e-6  # sampling the latent returns its mean
+    torch.testing.assert_close(dist.mean[:, :3], shapes, atol=1e-4, rtol=0)  # the latent is the image
