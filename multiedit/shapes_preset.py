@@ -2,18 +2,22 @@
 
 Components (all stock diffusers / transformers classes, so the folder loads with ``from_pretrained``):
 
-- ``vae``: ``AutoencoderKL`` with two levels (64×64×3 → 32×32×4), trained here on ShapesWorld images
-  (source and edited) with an L1 + MSE reconstruction loss and a tiny KL term; ``scaling_factor`` is set
-  to 1 / std of its latents, as Stable Diffusion's 0.18215 was.
+- ``vae``: a single-level ``AutoencoderKL`` (64×64×3 → 64×64×4) whose weights are set so that it is exact
+  (see :func:`make_exact_autoencoder`): latents are the pixels in [-1, 1], ``scaling_factor`` 1.
 - ``text_encoder``: a 2-layer CLIP text model (width 64), random and frozen — training never updates it
   (IP2P freezes CLIP too); the UNet learns to read its token features through cross-attention.
 - ``unet``: ``UNet2DConditionModel`` on 32×32×8 inputs, with the task table (``num_class_embeds`` = every
   registered task, zero-initialised; Emu Edit §3.2).
-- ``scheduler``: DDIM with v-prediction and trailing timesteps; the pipeline runs residual diffusion.
+- ``scheduler``: DDIM with v-prediction, zero terminal SNR (``rescale_betas_zero_snr``) and trailing
+  timesteps (Lin et al. 2024); the pipeline runs residual diffusion.
 
-Why v-prediction and residual: at this size, ε-prediction sampled from pure noise drifts in global
-colour although its one-step estimates are good; predicting v and diffusing only the change
-``z_edit − z_src`` fixed that and was the largest gain at fixed compute (issue 9, trial run).
+Why: at this size, ε-prediction sampled from pure noise drifts in global colour although its one-step
+estimates are good; predicting v and diffusing only the change ``z_edit − z_src`` was the largest gain at
+fixed compute (issue 9, trial run). Zero terminal SNR matters as much: with Stable Diffusion's schedule the
+noisiest training input still holds 6.8% of the signal, the small UNet learns to read the edit from that
+leak instead of from the source and the instruction, and sampling from pure noise then returns the source
+plus noise (measured: on night/fog/grayscale/invert after 400 steps, the sampled change was no better than
+none, L1 0.69 vs 0.62 for the zero change; with zero terminal SNR 0.25).
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ def build_shapes_components(seed: int = 0) -> dict:
     add_task_table(unet, len(list_tasks()))
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-        prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False,
+        prediction_type="v_prediction", timestep_spacing="trailing", rescale_betas_zero_snr=True,
+        clip_sample=False, set_alpha_to_one=True,
     )
     return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
 
@@ -135,8 +140,9 @@ def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0):
 
     parts = build_shapes_components(seed)
     make_exact_autoencoder(parts["vae"])
-    # Stable Diffusion scales latents to unit variance (its 0.18215); here latents are pixels in [-1, 1].
-    parts["vae"].register_to_config(scaling_factor=1.0 / float(sample_images(256, seed).std()))
+    # Stable Diffusion scales latents to unit variance (its 0.18215). Here latents are pixels in [-1, 1]
+    # already; 1/std (3.3 on this world) would scale night/invert changes to ±6, far outside the noise.
+    parts["vae"].register_to_config(scaling_factor=1.0)
     pipe = MultiEditPipeline(**parts, task_names=list_tasks(), residual=True)
     if out is not None:
         pipe.save_pretrained(out, safe_serialization=True)

@@ -207,6 +207,7 @@ def test_bad_inputs(zoo, tmp_path, capsys):
     noinstr = plain_examples(tmp_path / "noinstr", n=1, instruction_file=False)
     one_line_error(capsys, base + ["--examples", str(noinstr)], "instructions.jsonl", "--instruction")
     good = plain_examples(tmp_path / "good", n=1)
+    one_line_error(capsys, base + ["--examples", str(good), "--augment", "heavy"], "--augment 'heavy'", "ip2p or none")
     one_line_error(capsys, ["invert-task", "--model", model, "--name", "add", "--out", str(tmp_path / "o"),
                             "--examples", str(good)], "'add' is already a task")
     from diffusers import StableDiffusionInstructPix2PixPipeline

@@ -276,7 +276,10 @@ def _print_summary(summary) -> None:
 
 
 def register_pipeline(p: argparse.ArgumentParser) -> None:
-    """The no-stage form: ``multiedit datagen --task T --captions F --out D`` runs every stage."""
+    """The no-stage form: ``multiedit datagen --task T --captions F --out D`` runs every stage
+    (``--backend shapes``: ShapesWorld instead, ``multiedit datagen --backend shapes --task add -n N``)."""
+    from ..datagen.shapes.cli import add_shapes_arguments, run_shapes
+
     p.add_argument("--task", default=None, help="Task name from the registry (e.g. add, remove, global, detect).")
     p.add_argument("--tasks-file", default=None, help="A JSON/YAML file of extra task definitions to register first.")
     p.add_argument("--instructions", default=None, help="Use the instruction records of an earlier "
@@ -289,6 +292,7 @@ def register_pipeline(p: argparse.ArgumentParser) -> None:
     add_generation_arguments(p)
     add_filter_arguments(p)
     add_writer_arguments(p)
+    add_shapes_arguments(p)
 
     def run_pipeline(args: argparse.Namespace) -> int:
         from pathlib import Path
@@ -296,6 +300,8 @@ def register_pipeline(p: argparse.ArgumentParser) -> None:
         from ..datagen.captions import read_captions
         from ..datagen.engine import run_datagen
 
+        if args.backend == "shapes":
+            return run_shapes(args)
         if not args.task and not args.out and not args.captions and not args.instructions:
             return _no_stage(p)
         _need(args, "task", "out")

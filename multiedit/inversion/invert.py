@@ -40,6 +40,8 @@ class InvertConfig:
     batch_size: int = _f(4, "Batch size.")
     resolution: int | None = _f(None, "Square training crops (default: the UNet's sample size times the VAE factor).")
     conditioning_dropout: float = _f(0.05, "Text/image/both dropout, as in training.")
+    augment: str = _f("ip2p", "Augmentation, as in training: ip2p (random resize in [res, res*9/8] and crop) or none.")
+    random_flip: bool = _f(True, "Random horizontal flip of both images (turn off when instructions say left/right).")
     cache_variants: int = _f(4, "Augmented variants encoded once per example.")
     seed: int = _f(0, "Random seed.")
     checkpoint_steps: int = _f(100, "Save a resumable checkpoint every N steps (rerun the same command to resume).")
@@ -50,6 +52,8 @@ class InvertConfig:
                 raise MultiEditError(f"invert-task needs --{name}.")
         if self.steps < 1 or self.batch_size < 1:
             raise MultiEditError("--steps and --batch-size must be at least 1.")
+        if self.augment not in ("ip2p", "none"):
+            raise MultiEditError(f"--augment {self.augment!r}: use ip2p or none.")
 
 
 def initial_vector(table: torch.Tensor, init: str, task_names: list[str]) -> torch.Tensor:
@@ -104,7 +108,8 @@ def invert_task(cfg: InvertConfig) -> Path:
 
     res = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     pairs = EditPairs(ds, {"input": "input_image", "edited": "edited_image", "prompt": "edit_prompt"},
-                      [new_id] * len(ds), res, random_flip=True, seed=cfg.seed)
+                      [new_id] * len(ds), res, random_flip=cfg.random_flip, seed=cfg.seed,
+                      augment=cfg.augment)
     encoder = Encoder(pipe.vae, pipe.text_encoder, pipe.tokenizer, torch.device("cpu"))
     cache = LatentCache(encoder, pairs, cfg.cache_variants)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

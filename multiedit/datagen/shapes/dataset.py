@@ -24,9 +24,13 @@ log = logging.getLogger(__name__)
 SHARD_ROWS = 500
 
 
-def make_example(task: str, index: int, seed: int = 0, split: str = "train", size: int = SIZE) -> dict:
+def make_example(task: str, index: int, seed: int = 0, split: str = "train", size: int = SIZE,
+                 phrasing: str | None = None) -> dict:
     """One dataset row: PIL ``input_image``/``edited_image``/``mask`` (L, 255 = edited region), ``edit_prompt``,
-    ``task``, captions, and ``scene``/``edit`` (JSON) so the benchmark can recompute the exact answer."""
+    ``task``, captions, and ``scene``/``edit`` (JSON) so the benchmark can recompute the exact answer.
+
+    ``split`` draws the scene, the edit and (unless ``phrasing`` names the other split's templates) the
+    wording; the same scene and edit come back whatever ``phrasing`` is."""
     if task not in ALL_TASK_OPS:
         raise MultiEditError(f"ShapesWorld has no task {task!r}; choose from {sorted(ALL_TASK_OPS)}.")
     if split not in SPLITS:
@@ -42,7 +46,7 @@ def make_example(task: str, index: int, seed: int = 0, split: str = "train", siz
         "input_image": PIL.Image.fromarray(render(scene)),
         "edited_image": PIL.Image.fromarray(result.image),
         "mask": PIL.Image.fromarray(result.mask.astype("uint8") * 255, mode="L"),
-        "edit_prompt": phrase(spec.op, spec.slots(), split, rng),
+        "edit_prompt": phrase(spec.op, spec.slots(), phrasing or split, rng),
         "task": task,
         "input_caption": scene.caption(),
         "output_caption": result.caption,
@@ -59,7 +63,9 @@ def write_shapes_dataset(out: str | Path, tasks: str | list[str], n: int, seed: 
                          size: int = SIZE, shard_rows: int = SHARD_ROWS, progress: bool = True) -> Path:
     """Write ``n`` examples per task in ``tasks`` to ``out/{split}-{task}-{k:05d}.parquet``; returns ``out``.
 
-    Finished shards are kept (a rerun resumes); every shard is written atomically.
+    Finished shards are kept (a rerun resumes); every shard is written atomically. ``out/shapes.json``
+    records the settings each task was written with, so a rerun with other settings is refused rather
+    than mixed with the old shards.
     """
     from tqdm.auto import tqdm
 
@@ -75,6 +81,7 @@ def write_shapes_dataset(out: str | Path, tasks: str | list[str], n: int, seed: 
         raise MultiEditError(f"-n {n}: ask for at least one example per task.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, tasks, n, seed, split, size)
     jobs = [(t, k, start) for t in tasks for k, start in enumerate(range(0, n, shard_rows))]
     skipped = 0
     bar = tqdm(total=n * len(tasks), desc="shapes", unit="pair", disable=not progress)
@@ -91,3 +98,23 @@ def write_shapes_dataset(out: str | Path, tasks: str | list[str], n: int, seed: 
     if skipped:
         log.info("kept %d finished shard(s) in %s", skipped, out)
     return out
+
+
+def _check_settings(out: Path, tasks: list[str], n: int, seed: int, split: str, size: int) -> None:
+    """Refuse to resume ``out`` with settings other than those its shards were written with; record ours."""
+    import json
+    import os
+
+    path = out / "shapes.json"
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    mine = {f"{split}-{t}": {"n": n, "seed": seed, "size": size} for t in tasks}
+    for key, settings in mine.items():
+        old = recorded.get(key)
+        if old is not None and old != settings:
+            diff = ", ".join(f"{k} {old[k]} (now {settings[k]})" for k in settings if old.get(k) != settings[k])
+            raise MultiEditError(f"{out} already holds ShapesWorld {key} pairs written with {diff}; "
+                                 "rerun with the same settings to resume, or pass another --out.")
+    recorded.update(mine)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(recorded, indent=2, sort_keys=True))
+    os.replace(tmp, path)
