@@ -283,13 +283,11 @@ def test_preset_autoencoder_is_exact_for_any_image_after_a_save_and_load(tmp_pat
     for images in (shapes, noise):
         assert reconstruction_error(vae, images) < 1e-4  # float rounding; one grey level is 4e-3
     dist = vae.encode(shapes).latent_dist
-    assert float(dist.std.max()) < 1e-6  # sampling the latent returns its mean
+    assert float(dist.std.detach().max()) < 1e-6  # sampling the latent returns its mean
     torch.testing.assert_close(dist.mean[:, :3], shapes, atol=1e-4, rtol=0)  # the latent is the image
 
 
 # ---------------------------------------------------------------------------- the embedded default model
-INVERT_STEPS = 40
-INVERT_MARGIN = 0.9
 def _edit_l1(pipe, rows, task):
     import torch
 
@@ -314,45 +312,3 @@ def test_default_model_beats_the_identity_edit_on_test_scenes(task):
     rows = [make_example(task, i, seed=1, split="test", phrasing="train") for i in range(6)]
     model_l1, identity_l1 = _edit_l1(pipe, rows, [task] * len(rows))
     assert model_l1 < identity_l1, (model_l1, identity_l1)
-
-
-def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(tmp_path):
-    import torch
-    from diffusers import DDPMScheduler
-
-    from multiedit.datagen.shapes import make_example, write_shapes_dataset
-    from multiedit.editing import default_model
-    from multiedit.inversion import InvertConfig, invert_task
-    from multiedit.pipeline import MultiEditPipeline
-    from multiedit.training.encoding import Encoder
-    from multiedit.training.objective import diffusion_loss
-
-    data = write_shapes_dataset(tmp_path / "sepia", ["sepia"], 4, seed=0, progress=False)
-    out = invert_task(InvertConfig(model=str(default_model()), examples=str(data), name="sepia", out=str(tmp_path / "e"),
-                                   steps=INVERT_STEPS, lr=5e-2, batch_size=4, conditioning_dropout=0.0, cache_variants=1,
-                                   augment="none", random_flip=False))
-    pipe = MultiEditPipeline.from_pretrained(default_model())
-    pipe.load_task_embedding(out)
-    rows = [make_example("sepia", i, seed=0) for i in range(4)]  # the examples themselves
-    to_px = lambda ims: torch.from_numpy(np.stack([np.asarray(i) for i in ims])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    batch = {"input_pixels": to_px([r["input_image"] for r in rows]), "edited_pixels": to_px([r["edited_image"] for r in rows]),
-             "prompt": [r["edit_prompt"] for r in rows], "task_id": torch.tensor([pipe.task_id("sepia")] * 4)}
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    enc = Encoder(pipe.vae, pipe.text_encoder, pipe.tokenizer, torch.device("cpu"))
-    sf = pipe.vae.config.scaling_factor
-
-    def loss():
-        total = 0.0
-        for s in range(6):
-            g = torch.Generator().manual_seed(s)
-            target, cond = enc.encode(batch, g)
-            with torch.no_grad():
-                total += diffusion_loss(pipe.unet, sched, target, cond, dropout=0.0, generator=g, residual=True,
-                                        scaling_factor=sf).item()
-        return total / 6
-
-    learned = loss()
-    with torch.no_grad():
-        pipe.unet.class_embedding.weight[pipe.task_id("sepia")].zero_()
-    zero = loss()
-    assert learned < INVERT_MARGIN * zero, (learned, zero)
