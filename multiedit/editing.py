@@ -15,6 +15,10 @@ from .io_utils import atomic_file
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default-model"
+#: (text, image) guidance scales: InstructPix2Pix's, and the embedded ShapesWorld model's (trained and
+#: benchmarked at these; guidance >= 2 hurt it).
+IP2P_GUIDANCE = (7.5, 1.5)
+DEFAULT_MODEL_GUIDANCE = (1.5, 1.0)
 
 
 def default_model() -> Path:
@@ -65,8 +69,8 @@ def edit_image(
     task: str | None = None,
     task_embeddings: list[str | Path] = (),
     steps: int = 20,
-    guidance_scale: float = 7.5,
-    image_guidance_scale: float = 1.5,
+    guidance_scale: float | None = None,
+    image_guidance_scale: float | None = None,
     seed: int = 0,
     resolution: int | None = None,
     min_task_confidence: float | None = None,
@@ -77,7 +81,8 @@ def edit_image(
     """Edit ``image`` with one instruction, or several applied in turn (sequential thresholding ``alpha``).
 
     The output has the input's size; its format follows ``out``'s extension. Nothing is written
-    unless the edit succeeds.
+    unless the edit succeeds. Guidance scales left at ``None`` are IP2P's (7.5, 1.5), or (1.5, 1.0) for
+    the embedded default model (no ``model`` and no ``pipe``).
     """
     import torch
 
@@ -92,6 +97,9 @@ def edit_image(
     if steps < 1:
         raise MultiEditError(f"--steps must be at least 1, got {steps}.")
     source = load_image(image, "input image")
+    text_default, image_default = DEFAULT_MODEL_GUIDANCE if model is None and pipe is None else IP2P_GUIDANCE
+    guidance_scale = text_default if guidance_scale is None else guidance_scale
+    image_guidance_scale = image_default if image_guidance_scale is None else image_guidance_scale
     pipe = pipe or load_pipeline(model, task_embeddings)
     if task is not None:
         pipe.task_id(task)  # unknown task: fail before any work

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     import PIL.Image
     import torch
 
-    from multiedit.editing import load_pipeline
+    from multiedit.editing import DEFAULT_MODEL_GUIDANCE, load_pipeline
     from multiedit.errors import MultiEditError
 
     t0 = time.time()
@@ -70,11 +70,12 @@ def main(argv=None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         edits, labels = [source], ["source"]
+        guidance, image_guidance = DEFAULT_MODEL_GUIDANCE  # the ShapesWorld model's settings
         print(f"model: {args.model or 'embedded default'} | image: {args.image} ({source.size[0]}x{source.size[1]})")
         for k, text in enumerate(instructions):
             g = torch.Generator().manual_seed(args.seed)
-            res = pipe(text, source, task=None, num_inference_steps=args.steps, guidance_scale=1.5,
-                       image_guidance_scale=1.0, generator=g)
+            res = pipe(text, source, task=None, num_inference_steps=args.steps, guidance_scale=guidance,
+                       image_guidance_scale=image_guidance, generator=g)
             img, task = res.images[0], res.tasks[0]
             conf = res.task_predictions[0].probabilities[task] if res.task_predictions else float("nan")
             img.save(out / f"edit_{k}.png")

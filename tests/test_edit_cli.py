@@ -140,3 +140,23 @@ def test_init_converts_ip2p_and_refuses_existing_out(zoo, tmp_path, capsys):
     capsys.readouterr()
     assert main(["init", "--base", str(zoo("ip2p")), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_guidance_defaults_follow_the_model_and_flags_override_them(model, image_file, tmp_path, capsys, monkeypatch):
+    """IP2P's 7.5 / 1.5 for a given model; the embedded ShapesWorld model's 1.5 / 1.0 without --model."""
+    from multiedit.pipeline import MultiEditPipeline
+
+    seen = []
+    real_call = MultiEditPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["guidance_scale"], kwargs["image_guidance_scale"]))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiEditPipeline, "__call__", spy)
+    common = ["--image", str(image_file), "--instruction", "make it night", "--task", "global", "--steps", "2"]
+    runs = [["--model", model], [], ["--model", model, "--guidance-scale", "3", "--image-guidance-scale", "1.2"]]
+    for k, extra in enumerate(runs):
+        code, _, err = edit(capsys, *common, *extra, "--out", str(tmp_path / f"o{k}.png"))
+        assert code == 0, err
+    assert seen == [(7.5, 1.5), (1.5, 1.0), (3.0, 1.2)]

@@ -248,6 +248,10 @@ def test_train_config_rejects_unknown_augment():
 
     with pytest.raises(MultiEditError, match="augment"):
         TrainConfig(model="m", dataset="d", out="o", augment="heavy")
+    from multiedit.training.data import EditPairs
+
+    with pytest.raises(ValueError, match="augment"):  # the dataset itself refuses too, whoever builds it
+        EditPairs(None, {}, [], 64, augment="heavy")
 
 
 def test_preset_pipeline_edits_64px_images_with_residual_v_prediction(tmp_path):

@@ -30,12 +30,6 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..editing import edit_image
 
-    # The embedded default model was trained and benchmarked at text 1.5 / image 1.0 (guidance >= 2 hurt it).
-    embedded = args.model is None
-    if args.guidance_scale is None:
-        args.guidance_scale = 1.5 if embedded else 7.5
-    if args.image_guidance_scale is None:
-        args.image_guidance_scale = 1.0 if embedded else 1.5
     result = edit_image(
         image=args.image, instructions=args.instruction, out=args.out, model=args.model, task=args.task,
         task_embeddings=args.task_embedding, steps=args.steps, guidance_scale=args.guidance_scale,

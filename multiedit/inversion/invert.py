@@ -52,8 +52,10 @@ class InvertConfig:
                 raise MultiEditError(f"invert-task needs --{name}.")
         if self.steps < 1 or self.batch_size < 1:
             raise MultiEditError("--steps and --batch-size must be at least 1.")
-        if self.augment not in ("ip2p", "none"):
-            raise MultiEditError(f"--augment {self.augment!r}: use ip2p or none.")
+        from ..training.config import AUGMENT_MODES
+
+        if self.augment not in AUGMENT_MODES:
+            raise MultiEditError(f"--augment {self.augment!r}: use {' or '.join(AUGMENT_MODES)}.")
 
 
 def initial_vector(table: torch.Tensor, init: str, task_names: list[str]) -> torch.Tensor:

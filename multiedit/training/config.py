@@ -12,6 +12,10 @@ from pathlib import Path
 from ..errors import MultiEditError
 
 
+#: ``augment`` values of training and inversion (see ``EditPairs.augment``).
+AUGMENT_MODES = ("ip2p", "none")
+
+
 def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
@@ -33,7 +37,7 @@ class TrainConfig:
     random_flip: bool = _f(True, "Random horizontal flip, applied identically to both images.")
     augment: str = _f("ip2p", "Augmentation: ip2p (random resize in [res, res*9/8], random crop, --random-flip) or none "
                               "(resize to res x res only; for exact synthetic data such as ShapesWorld).",
-                      choices=["ip2p", "none"])
+                      choices=list(AUGMENT_MODES))
     max_steps: int = _f(1000, "Total optimisation steps.")
     batch_size: int = _f(4, "Per-device batch size.")
     gradient_accumulation_steps: int = _f(1, "Accumulate gradients over this many batches.")
@@ -80,8 +84,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "cache_variants"):
             if getattr(self, name) < 1:
                 raise MultiEditError(f"{name}={getattr(self, name)} must be at least 1.")
-        if self.augment not in ("ip2p", "none"):
-            raise MultiEditError(f"augment={self.augment!r}; use ip2p or none.")
+        if self.augment not in AUGMENT_MODES:
+            raise MultiEditError(f"augment={self.augment!r}; use {' or '.join(AUGMENT_MODES)}.")
         if self.train_mode not in ("full", "tasks", "lora"):
             raise MultiEditError(f"train_mode={self.train_mode!r}; use full, tasks or lora.")
 

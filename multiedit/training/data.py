@@ -13,6 +13,7 @@ import torch
 
 from ..errors import MultiEditError
 from ..images import to_rgb
+from .config import AUGMENT_MODES
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class EditPairs(torch.utils.data.Dataset):
         self.resolution = resolution
         self.random_flip = random_flip
         self.seed = seed
+        if augment not in AUGMENT_MODES:
+            raise ValueError(f"augment={augment!r}; use one of {AUGMENT_MODES}.")
         self.augment_mode = augment  # "ip2p", or "none": resize to res x res, no crop, no flip
         self.epoch = 0
 

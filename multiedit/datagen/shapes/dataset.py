@@ -31,8 +31,7 @@ def make_example(task: str, index: int, seed: int = 0, split: str = "train", siz
 
     ``split`` draws the scene, the edit and (unless ``phrasing`` names the other split's templates) the
     wording; the same scene and edit come back whatever ``phrasing`` is."""
-    if task not in ALL_TASK_OPS:
-        raise MultiEditError(f"ShapesWorld has no task {task!r}; choose from {sorted(ALL_TASK_OPS)}.")
+    _check_task(task)
     if split not in SPLITS:
         raise MultiEditError(f"split={split!r}; use one of {list(SPLITS)}.")
     rng = random.Random(f"{seed}/{split}/{task}/{index}")
@@ -74,9 +73,8 @@ def write_shapes_dataset(out: str | Path, tasks: str | list[str], n: int, seed: 
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise MultiEditError("No task given; pass --task with one or more of " f"{sorted(ALL_TASK_OPS)}.")
-    for t in tasks:
-        if t not in ALL_TASK_OPS:
-            raise MultiEditError(f"ShapesWorld has no task {t!r}; choose from {sorted(ALL_TASK_OPS)}.")
+    for t in tasks:  # all of them before the first shard is written
+        _check_task(t)
     if n < 1:
         raise MultiEditError(f"-n {n}: ask for at least one example per task.")
     out = Path(out)
@@ -100,10 +98,14 @@ def write_shapes_dataset(out: str | Path, tasks: str | list[str], n: int, seed: 
     return out
 
 
+def _check_task(task: str) -> None:
+    if task not in ALL_TASK_OPS:
+        raise MultiEditError(f"ShapesWorld has no task {task!r}; choose from {sorted(ALL_TASK_OPS)}.")
+
+
 def _check_settings(out: Path, tasks: list[str], n: int, seed: int, split: str, size: int) -> None:
     """Refuse to resume ``out`` with settings other than those its shards were written with; record ours."""
-    import json
-    import os
+    from ...io_utils import atomic_file
 
     path = out / "shapes.json"
     recorded = json.loads(path.read_text()) if path.is_file() else {}
@@ -115,6 +117,5 @@ def _check_settings(out: Path, tasks: list[str], n: int, seed: int, split: str, 
             raise MultiEditError(f"{out} already holds ShapesWorld {key} pairs written with {diff}; "
                                  "rerun with the same settings to resume, or pass another --out.")
     recorded.update(mine)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(recorded, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(recorded, indent=2, sort_keys=True))
