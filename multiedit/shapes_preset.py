@@ -23,10 +23,8 @@ none, L1 0.69 vs 0.62 for the zero change; with zero terminal SNR 0.25).
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -116,14 +114,6 @@ def make_exact_autoencoder(vae, k: float = 1000.0) -> None:
                 n = conv.weight.shape[0]
                 conv.weight[:, :, 0, 0] = torch.eye(n)
     vae.eval().requires_grad_(False)
-
-
-def sample_images(n: int, seed: int = 0) -> torch.Tensor:
-    """``(n, 3, 64, 64)`` float in [-1, 1]: ShapesWorld source images of every trained task."""
-    from .datagen.shapes import TRAINED_TASKS, make_example
-
-    arr = [np.array(make_example(TRAINED_TASKS[i % len(TRAINED_TASKS)], i, seed=seed)["input_image"]) for i in range(n)]
-    return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def reconstruction_error(vae, images: torch.Tensor) -> float:
