@@ -381,14 +381,16 @@ def test_filter_by_classifier_keeps_agreeing_samples(loaded):
 # ------------------------------------------------------------------------------------------ resume
 
 
-def test_interrupted_training_resumes_to_the_same_weights(base_dir, tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("token_noise", [0.0, 0.3])
+def test_interrupted_training_resumes_to_the_same_weights(base_dir, tmp_path, monkeypatch, caplog, token_noise):
     from safetensors.torch import load_file
 
     from multiedit.classifier import training
     from multiedit.classifier.training import ClassifierTrainConfig, train_classifier
 
     kw = dict(
-        data="registry", base=str(base_dir), epochs=2, lr=3e-3, batch_size=32, per_task=12, dropout=0.0, max_length=32
+        data="registry", base=str(base_dir), epochs=2, lr=3e-3, batch_size=32, per_task=12, dropout=0.0, max_length=32,
+        token_noise=token_noise,
     )
     train_classifier(ClassifierTrainConfig(out=str(tmp_path / "a"), **kw))
 
@@ -411,6 +413,30 @@ def test_interrupted_training_resumes_to_the_same_weights(base_dir, tmp_path, mo
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key])
+
+
+def test_token_noise_changes_training_and_never_draws_t5_special_tokens(base_dir, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from multiedit.classifier.training import ClassifierTrainConfig, train_classifier
+    from multiedit.token_noise import TokenNoise
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    noise = TokenNoise(tok, 0.5)
+    sentinels = [i for t, i in tok.get_vocab().items() if t.startswith("<extra_id_")]
+    specials = {tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, *sentinels}
+    assert len(sentinels) == 100
+    assert not specials & set(noise.replacement_ids.tolist())
+    ids = tok(["make the red circle blue"], return_tensors="pt").input_ids
+    out = noise(ids, torch.Generator().manual_seed(0))
+    assert out[0, -1] == tok.eos_token_id and (out != ids).any()
+
+    kw = dict(data="registry", base=str(base_dir), epochs=1, lr=3e-3, per_task=12, dropout=0.0, max_length=32)
+    train_classifier(ClassifierTrainConfig(out=str(tmp_path / "a"), **kw))
+    train_classifier(ClassifierTrainConfig(out=str(tmp_path / "b"), token_noise=0.3, **kw))
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # same seed and data: only the noise differs
 
 
 # ------------------------------------------------------------------------------ report + calibration

@@ -183,11 +183,12 @@ def test_overfits_a_fixed_batch(zoo):
     assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])
 
 
-@pytest.mark.parametrize("cache", [False, True])
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(zoo, data, tmp_path, cache):
+@pytest.mark.parametrize("cache,token_noise", [(False, 0.0), (True, 0.0), (True, 0.3)])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(zoo, data, tmp_path, cache, token_noise):
     # 6 rows, batch 2, accumulation 2 → an epoch is 1.5 optimizer steps: resume lands mid-epoch
     common = dict(max_steps=5, gradient_accumulation_steps=2, checkpointing_steps=10, use_ema=True, ema_decay=0.9,
-                  cache_latents=cache, cache_variants=2, lr_scheduler="cosine", lr_warmup_steps=1)
+                  cache_latents=cache, cache_variants=2, lr_scheduler="cosine", lr_warmup_steps=1,
+                  prompt_token_noise=token_noise)
     train(cfg(zoo, data, tmp_path / "a", **common))
     train(cfg(zoo, data, tmp_path / "b", stop_after_steps=2, **common))
     assert not (tmp_path / "b" / "model_index.json").exists()
@@ -284,3 +285,29 @@ def test_residual_objective_diffuses_the_change(zoo):
                                timesteps=t)
         other = diffusion_loss(pipe.unet, sched, target, cond, dropout=0, noise=noise, timesteps=t)
     assert torch.equal(res, plain) and not torch.equal(res, other)
+
+
+def test_prompt_token_noise_replaces_words_only_and_at_its_rate(zoo):
+    from multiedit.training.encoding import Encoder
+
+    pipe = MultiEditPipeline.from_pretrained(str(zoo("pipeline")))
+    enc = Encoder(pipe.vae, pipe.text_encoder, pipe.tokenizer, torch.device("cpu"), token_noise=0.3)
+    ids = enc.tokenize(["add a red circle at the top left", "make it night", ""])
+    noise = enc.token_noise
+    special = torch.isin(ids, noise.special_ids)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([noise(ids, g) for _ in range(300)])
+    changed = draws != ids
+    assert not changed[:, special].any()  # start, end and padding stay
+    assert not torch.isin(draws[changed], noise.special_ids).any()  # no word becomes a special token
+    rate = changed[:, ~special].float().mean().item()  # 3,300 word draws; a replacement can draw the same word
+    assert 0.25 < rate < 0.32, rate
+    assert changed.sum(0)[~special].min() > 0  # every word position gets replaced sometimes
+    # Without a generator (sampling, validation) and at rate 0 the text is embedded as it is.
+    clean = enc.embed_text(["make it night"])
+    assert torch.equal(enc.embed_text(["make it night"]), clean)
+    assert not torch.equal(enc.embed_text(["make it night"], torch.Generator().manual_seed(1)), clean)
+    still = Encoder(pipe.vae, pipe.text_encoder, pipe.tokenizer, torch.device("cpu"))
+    assert torch.equal(still.embed_text(["make it night"], torch.Generator().manual_seed(1)), clean)
+    with pytest.raises(MultiEditError, match="prompt_token_noise"):
+        TrainConfig(model="m", dataset="d", out="o", prompt_token_noise=1.0)

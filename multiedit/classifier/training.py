@@ -48,6 +48,9 @@ class ClassifierTrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     warmup_ratio: float = field(default=0.06, metadata={"help": "Share of steps with linear warm-up."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout before the head."})
+    token_noise: float = field(default=0.0, metadata={
+        "help": "Replace each instruction token with a random vocabulary token with this probability, drawn anew "
+                "each epoch (robustness to wordings never seen in training)."})
     seed: int = field(default=0, metadata={"help": "Seed for the split, the augmentation and training."})
     val_fraction: float = field(default=0.2, metadata={"help": "Held-out share of each task, in [0, 1)."})
     max_length: int = field(default=64, metadata={"help": "Tokens kept per instruction."})
@@ -64,6 +67,8 @@ class ClassifierTrainConfig:
                 raise MultiEditError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if not self.lr > 0:
             raise MultiEditError(f"--lr must be positive, got {self.lr}.")
+        if not 0.0 <= self.token_noise < 1.0:
+            raise MultiEditError(f"--token-noise must be in [0, 1), got {self.token_noise}.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise MultiEditError(f"--val-fraction must be in [0, 1), got {self.val_fraction}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -125,6 +130,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict:
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from ..token_noise import TokenNoise
     from .data import classifier_labels, load_labeled_instructions, stratified_split
 
     out = Path(cfg.out)
@@ -152,10 +158,15 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict:
     )
     max_length = model.max_length
 
+    token_noise = TokenNoise(tokenizer, cfg.token_noise)
+    noise_generator = torch.Generator()
+
     def collate(batch):
         enc = tokenizer(
             [t for t, _ in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )
+        if token_noise:
+            enc["input_ids"] = token_noise(enc["input_ids"], noise_generator)
         return {**enc, "labels": torch.tensor([label_id[task] for _, task in batch])}
 
     loader = DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
@@ -187,6 +198,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict:
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         loader.set_epoch(epoch)
+        noise_generator.manual_seed(cfg.seed * 100_003 + epoch)  # per epoch, so a resumed run draws the same
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not accelerator.is_local_main_process)
         for batch in bar:
             loss = model(**batch).loss

@@ -54,6 +54,13 @@ def register(sub) -> None:
     )
     t.add_argument("--dropout", type=float, default=0.1, help="Dropout before the head (default 0.1).")
     t.add_argument(
+        "--token-noise",
+        type=float,
+        default=0.0,
+        help="Replace each instruction token with a random one with this probability, anew each epoch "
+        "(robustness to unseen wordings; default 0).",
+    )
+    t.add_argument(
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
         default="no",
@@ -108,6 +115,7 @@ def run_train(args) -> int:
         max_length=args.max_length,
         per_task=args.per_task,
         dropout=args.dropout,
+        token_noise=args.token_noise,
         mixed_precision=args.mixed_precision,
         calibrate=not args.no_calibrate,
         overwrite=args.overwrite,

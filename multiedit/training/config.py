@@ -51,6 +51,9 @@ class TrainConfig:
                          choices=["full", "tasks", "lora"])
     lora_rank: int = _f(8, "LoRA rank (train_mode=lora).")
     conditioning_dropout: float = _f(0.05, "Drop text, image and both, each with this probability (Brooks §3.2.1).")
+    prompt_token_noise: float = _f(0.0, "Replace each instruction token with a random vocabulary token with this "
+                                        "probability, drawn anew every step (robustness to wordings never seen in "
+                                        "training; the text is re-encoded each step, also with --cache-latents).")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
     use_ema: bool = _f(False, "Keep an EMA of the trained weights; the saved pipeline uses it.")
@@ -79,6 +82,8 @@ class TrainConfig:
                 f"conditioning_dropout={self.conditioning_dropout} must be in [0, 1/3]: it is used three times "
                 "(text, image, both)."
             )
+        if not 0 <= self.prompt_token_noise < 1:
+            raise MultiEditError(f"prompt_token_noise={self.prompt_token_noise} must be in [0, 1).")
         if self.resolution % 8:
             raise MultiEditError(f"resolution={self.resolution} must be a multiple of 8.")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "cache_variants"):

@@ -15,23 +15,38 @@ import random
 import torch
 from tqdm.auto import tqdm
 
+from ..token_noise import TokenNoise
 from .objective import Conditioning
 
 
 class Encoder:
-    """Frozen VAE + text encoder. ``encode(batch, generator)`` → (target_latents, Conditioning)."""
+    """Frozen VAE + text encoder. ``encode(batch, generator)`` → (target_latents, Conditioning).
 
-    def __init__(self, vae, text_encoder, tokenizer, device, dtype=torch.float32):
+    ``token_noise`` > 0: during training (a ``generator`` is given) each instruction token is replaced, with
+    that probability, by a random vocabulary token, so the UNet learns to read an instruction from its
+    informative words rather than from a memorised template (wordings unseen in training then still
+    work). Special tokens (start, end, padding) are never replaced; the null prompt is never perturbed.
+    """
+
+    def __init__(self, vae, text_encoder, tokenizer, device, dtype=torch.float32, token_noise: float = 0.0):
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         self.device, self.dtype = device, dtype
         self.scaling = vae.config.scaling_factor
+        self.token_noise = TokenNoise(tokenizer, token_noise)
         self.null = self.embed_text([""])
 
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+
     @torch.no_grad()
-    def embed_text(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
+    def embed_ids(self, ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.token_noise and generator is not None:
+            ids = self.token_noise(ids, generator)
         return self.text_encoder(ids.to(self.device))[0]
+
+    def embed_text(self, prompts: list[str], generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.embed_ids(self.tokenize(prompts), generator)
 
     @torch.no_grad()
     def latent_stats(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +57,8 @@ class Encoder:
         mean, std = self.latent_stats(batch["edited_pixels"])
         src_mean, _ = self.latent_stats(batch["input_pixels"])
         target = sample_latents(mean, std, generator) * self.scaling
-        cond = Conditioning(src_mean, self.embed_text(batch["prompt"]), self.null, batch["task_id"].to(self.device))
+        text = self.embed_text(batch["prompt"], generator)
+        cond = Conditioning(src_mean, text, self.null, batch["task_id"].to(self.device))
         return target, cond
 
 
@@ -52,7 +68,11 @@ def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Gener
 
 
 class LatentCache:
-    """In-memory cache of (edited mean, edited std, source mode) per (row, variant) and text per prompt."""
+    """In-memory cache of (edited mean, edited std, source mode) per (row, variant) and text per prompt.
+
+    The text is cached as embeddings, or as token ids when the encoder perturbs tokens (then it is
+    embedded each step; the text encoder is a small share of a step).
+    """
 
     def __init__(self, encoder: Encoder, dataset, variants: int, batch_size: int = 8):
         self.encoder, self.dataset, self.variants = encoder, dataset, variants
@@ -71,8 +91,9 @@ class LatentCache:
                 self.mean[v, i], self.std[v, i], self.source[v, i] = m[k].cpu(), s[k].cpu(), src[k].cpu()
         prompts = dataset.ds[dataset.columns["prompt"]]
         unique = sorted(set(prompts))
-        embeds = torch.cat([encoder.embed_text(unique[i : i + 64]).cpu() for i in range(0, len(unique), 64)])
-        self.text = {p: embeds[k] for k, p in enumerate(unique)}
+        embed = encoder.tokenize if encoder.token_noise else encoder.embed_text
+        rows = torch.cat([embed(unique[i : i + 64]).cpu() for i in range(0, len(unique), 64)])
+        self.text = {p: rows[k] for k, p in enumerate(unique)}
         self.prompts = prompts
 
     def variant(self, epoch: int, index: int) -> int:
@@ -85,7 +106,8 @@ class LatentCache:
         mean = torch.stack([self.mean[v, i] for v, i in zip(vs, idx)]).to(dev)
         std = torch.stack([self.std[v, i] for v, i in zip(vs, idx)]).to(dev)
         src = torch.stack([self.source[v, i] for v, i in zip(vs, idx)]).to(dev)
-        text = torch.stack([self.text[self.prompts[i]] for i in idx]).to(dev)
         ids = torch.tensor([self.dataset.task_ids[i] for i in idx], device=dev)
-        target = sample_latents(mean, std, generator) * self.encoder.scaling
+        target = sample_latents(mean, std, generator) * self.encoder.scaling  # then the text: Encoder.encode's order
+        text = torch.stack([self.text[self.prompts[i]] for i in idx])
+        text = self.encoder.embed_ids(text, generator) if self.encoder.token_noise else text.to(dev)
         return target, Conditioning(src, text, self.encoder.null, ids)

@@ -105,7 +105,7 @@ def train(cfg: TrainConfig) -> Path:
 
     # 2. Data, checked before any training step
     dataset = build_dataset(cfg, pipe.task_names)
-    encoder = Encoder(vae, text_encoder, pipe.tokenizer, device, weight_dtype)
+    encoder = Encoder(vae, text_encoder, pipe.tokenizer, device, weight_dtype, token_noise=cfg.prompt_token_noise)
     cache = LatentCache(encoder, dataset, cfg.cache_variants) if cfg.cache_latents else None
     sampler = EpochSampler(len(dataset), cfg.seed)
     loader = torch.utils.data.DataLoader(
