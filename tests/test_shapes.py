@@ -365,3 +365,30 @@ def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(
         pipe.unet.class_embedding.weight[pipe.task_id("sepia")].zero_()
     zero = loss()
     assert learned < 0.8 * zero, (learned, zero)
+
+
+def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_path):
+    """``scripts/train_shapes_default.py`` at toy size: dataset, preset, training, classifier, one saved pipeline
+    with the settings and the time of each stage; a rerun resumes rather than redoing the finished work."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from multiedit.pipeline import MultiEditPipeline
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_default.py"
+    spec = importlib.util.spec_from_file_location("train_shapes_default", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "model"), "--per-task", "2", "--max-steps", "2",
+            "--batch-size", "4", "--classifier-epochs", "1"]
+    assert script.main(args) == 0
+    settings = json.loads((tmp_path / "model" / "training_time.json").read_text())
+    assert settings["max_steps"] == 2 and settings["seed"] == 0 and settings["times"]["unet_s"] > 0
+    run = json.loads((tmp_path / "w" / "run" / "training_config.json").read_text())
+    assert run["max_steps"] == 2 and run["use_ema"] and run["augment"] == "none" and not run["random_flip"]
+    pipe = MultiEditPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.task_classifier is not None and pipe.config.residual
+    classifier_mtime = (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime
+    assert script.main(args) == 0  # everything done is kept: the classifier is not retrained
+    assert (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime == classifier_mtime
