@@ -23,9 +23,9 @@ class Encoder:
     """Frozen VAE + text encoder. ``encode(batch, generator)`` → (target_latents, Conditioning).
 
     ``token_noise`` > 0: during training (a ``generator`` is given) each instruction token is replaced, with
-    that probability, by a random vocabulary token, so the UNet learns to read an instruction from its
-    informative words rather than from a memorised template (wordings unseen in training then still
-    work). Special tokens (start, end, padding) are never replaced; the null prompt is never perturbed.
+    that probability, by a random vocabulary token, pushing the UNet to read an instruction's informative
+    words rather than memorise its template (see :mod:`multiedit.token_noise`). Special tokens (start,
+    end, padding) are never replaced; the null prompt is never perturbed.
     """
 
     def __init__(self, vae, text_encoder, tokenizer, device, dtype=torch.float32, token_noise: float = 0.0):
