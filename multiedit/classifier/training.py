@@ -50,7 +50,7 @@ class ClassifierTrainConfig:
     dropout: float = field(default=0.1, metadata={"help": "Dropout before the head."})
     token_noise: float = field(default=0.0, metadata={
         "help": "Replace each instruction token with a random vocabulary token with this probability, drawn anew "
-                "each epoch (robustness to wordings never seen in training)."})
+                "each epoch (meant for robustness to unseen wordings)."})
     seed: int = field(default=0, metadata={"help": "Seed for the split, the augmentation and training."})
     val_fraction: float = field(default=0.2, metadata={"help": "Held-out share of each task, in [0, 1)."})
     max_length: int = field(default=64, metadata={"help": "Tokens kept per instruction."})
@@ -165,8 +165,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict:
         enc = tokenizer(
             [t for t, _ in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )
-        if token_noise:
-            enc["input_ids"] = token_noise(enc["input_ids"], noise_generator)
+        enc["input_ids"] = token_noise(enc["input_ids"], noise_generator)  # a no-op at rate 0
         return {**enc, "labels": torch.tensor([label_id[task] for _, task in batch])}
 
     loader = DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)

@@ -58,7 +58,7 @@ def register(sub) -> None:
         type=float,
         default=0.0,
         help="Replace each instruction token with a random one with this probability, anew each epoch "
-        "(robustness to unseen wordings; default 0).",
+        "(meant for robustness to unseen wordings; default 0).",
     )
     t.add_argument(
         "--mixed-precision",

@@ -52,8 +52,8 @@ class TrainConfig:
     lora_rank: int = _f(8, "LoRA rank (train_mode=lora).")
     conditioning_dropout: float = _f(0.05, "Drop text, image and both, each with this probability (Brooks §3.2.1).")
     prompt_token_noise: float = _f(0.0, "Replace each instruction token with a random vocabulary token with this "
-                                        "probability, drawn anew every step (robustness to wordings never seen in "
-                                        "training; the text is re-encoded each step, also with --cache-latents).")
+                                        "probability, drawn anew every step (meant for robustness to unseen wordings; "
+                                        "the text is re-encoded each step, also with --cache-latents).")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
     use_ema: bool = _f(False, "Keep an EMA of the trained weights; the saved pipeline uses it.")

@@ -41,7 +41,7 @@ class Encoder:
 
     @torch.no_grad()
     def embed_ids(self, ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.token_noise and generator is not None:
+        if generator is not None:  # training; the noise is a no-op at rate 0
             ids = self.token_noise(ids, generator)
         return self.text_encoder(ids.to(self.device))[0]
 
