@@ -108,8 +108,8 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
 
         A 4-channel SD UNet is widened to 8 input channels with the new weights at zero (Brooks §3.2);
         an 8-channel IP2P UNet is used as it is. The task table gets one zero row per task in
-        ``tasks`` (default: every registered task). ``residual`` and ``prediction_type`` (``epsilon`` or
-        ``v_prediction``, set on the scheduler) choose the parameterisation for training from here. A
+        ``tasks`` (default: every registered task). ``residual`` and ``prediction_type`` (``epsilon``,
+        ``v_prediction`` or ``sample``, set on the scheduler) choose the parameterisation for training from here. A
         folder that already holds a MultiEditPipeline is loaded as it is.
         """
         from .model_folder import check_pipeline_folder, load_components
@@ -129,8 +129,8 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         add_task_table(unet, len(names))
         tokens = TaskTokenEmbedding(len(names), unet.config.cross_attention_dim) if task_token else None
         if prediction_type is not None:
-            if prediction_type not in ("epsilon", "v_prediction"):
-                raise MultiEditError(f"prediction_type={prediction_type!r}; use epsilon or v_prediction.")
+            if prediction_type not in ("epsilon", "v_prediction", "sample"):
+                raise MultiEditError(f"prediction_type={prediction_type!r}; use epsilon, v_prediction or sample.")
             sched = parts["scheduler"]
             parts["scheduler"] = sched.__class__.from_config(sched.config, prediction_type=prediction_type)
         return cls(**parts, task_tokens=tokens, task_names=names, residual=residual)

@@ -14,7 +14,7 @@ from multiedit.cli import main
 from multiedit.errors import MultiEditError
 from multiedit.testing.data import write_synthetic_dataset
 from multiedit.training import TrainConfig, train
-from multiedit.training.objective import Conditioning, diffusion_loss, dropout_masks
+from multiedit.training.objective import Conditioning, diffusion_loss, dropout_masks, sample_loss
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +285,36 @@ def test_residual_objective_diffuses_the_change(zoo):
                                timesteps=t)
         other = diffusion_loss(pipe.unet, sched, target, cond, dropout=0, noise=noise, timesteps=t)
     assert torch.equal(res, plain) and not torch.equal(res, other)
+
+
+def test_sample_prediction_loss_is_the_v_loss_of_the_implied_v(zoo):
+    """An x0 model trained with ``sample_loss`` optimises exactly v-prediction's objective: for any x̂0, the loss
+    equals the MSE between the v it implies and the true v (diffusers' ``get_velocity``). A missing or wrong
+    1 + SNR weight (e.g. plain x0 MSE, or SNR alone) fails at the low timesteps, where it is ~1000×."""
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          rescale_betas_zero_snr=True, prediction_type="sample")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    x0_hat = x0 + 0.1 * torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    noisy = sched.add_noise(x0, noise, t)
+    a = sched.alphas_cumprod[t].sqrt()[:, None, None, None]
+    s = (1 - sched.alphas_cumprod[t]).sqrt()[:, None, None, None]
+    v_hat = a * (noisy - a * x0_hat) / s - s * x0_hat  # ε̂ from x̂0, then v̂ = α·ε̂ − σ·x̂0
+    expected = F.mse_loss(v_hat, sched.get_velocity(x0, noise, t))
+    torch.testing.assert_close(sample_loss(x0_hat, x0, sched.alphas_cumprod, t), expected, rtol=1e-4, atol=0)
+
+    # and diffusion_loss routes prediction_type "sample" to it, with the UNet's output as x̂0
+    pipe = MultiEditPipeline.from_base(zoo("ip2p"), prediction_type="sample")
+    train_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    cond = Conditioning(torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g),
+                        torch.zeros(1, 77, 32), torch.tensor([0, 1]))
+    target, noise, t = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 900])
+    with torch.no_grad():
+        loss = diffusion_loss(pipe.unet, train_sched, target, cond, dropout=0, noise=noise, timesteps=t)
+        pred = pipe.unet(torch.cat([train_sched.add_noise(target, noise, t), cond.source_latents], 1), t,
+                         encoder_hidden_states=cond.text_embeds, class_labels=cond.task_ids).sample
+    torch.testing.assert_close(loss, sample_loss(pred, target, train_sched.alphas_cumprod, t))
 
 
 def test_prompt_token_noise_replaces_words_only_and_at_its_rate(zoo):

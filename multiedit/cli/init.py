@@ -14,8 +14,9 @@ def register(sub) -> None:
                    help="Also give the task to cross-attention as one extra token (Emu Edit; off by default).")
     p.add_argument("--residual", action="store_true",
                    help="Residual diffusion: denoise the latent change z_edit - z_src (for models trained from here).")
-    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
-                   help="Set the scheduler's prediction type (default: keep the base model's).")
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction", "sample"],
+                   help="Set the scheduler's prediction type (default: keep the base model's); sample = x0, "
+                        "trained with v-prediction's loss weighting.")
     p.add_argument("--classifier", help="A task classifier folder (multiedit classifier train) to hold as a component, "
                    "so `multiedit edit` works without --task.")
     p.set_defaults(func=run)

@@ -55,7 +55,7 @@ def diffusion_loss(
     residual: bool = False,
     scaling_factor: float = 0.18215,
 ) -> torch.Tensor:
-    """Mean squared error of the UNet's prediction (ε or v, per the scheduler's ``prediction_type``).
+    """Mean squared error of the UNet's prediction (ε, v or x0, per the scheduler's ``prediction_type``).
 
     ``target_latents``: (B, 4, h, w), the edited image's latent times the VAE scaling factor.
     ``noise``, ``timesteps`` and ``dropout_draws`` are drawn from ``generator`` unless given (tests pass
@@ -90,6 +90,24 @@ def diffusion_loss(
         target = noise
     elif kind == "v_prediction":
         target = noise_scheduler.get_velocity(target_latents, noise, timesteps)
+    elif kind == "sample":
+        return sample_loss(pred, target_latents, noise_scheduler.alphas_cumprod, timesteps)
     else:
-        raise ValueError(f"Unsupported prediction_type {kind!r}; use epsilon or v_prediction.")
+        raise ValueError(f"Unsupported prediction_type {kind!r}; use epsilon, v_prediction or sample.")
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def sample_loss(pred: torch.Tensor, x0: torch.Tensor, alphas_cumprod: torch.Tensor,
+                timesteps: torch.Tensor) -> torch.Tensor:
+    """The v-prediction loss, for a model that outputs x̂0 (``prediction_type="sample"``).
+
+    With x_t = α·x0 + σ·ε, the v implied by x̂0 is off by (x̂0 − x0)/σ, so ‖v̂ − v‖² = (1 + SNR)·‖x̂0 − x0‖²:
+    weighting each sample's x0 error by 1 + SNR(t) = 1/σ² gives exactly v-prediction's loss and gradients
+    in function space. Only what the network outputs changes: where the answer is "no change" (residual
+    diffusion, outside an edited region) x̂0 is exactly 0, whereas v̂ must copy the noise, x_t/σ, and every
+    error of that copy lands in the image at low t.
+    """
+    acp = alphas_cumprod.to(x0.device)[timesteps].float()
+    weight = 1.0 / (1.0 - acp).clamp_min(1e-8)
+    per_sample = ((pred.float() - x0.float()) ** 2).flatten(1).mean(1)
+    return (weight * per_sample).mean()
