@@ -44,6 +44,16 @@ def test_rows(tasks, n, seed=0, split="test", phrasing=None):
     return [make_example(t, i, seed=seed, split=split, phrasing=phrasing) for t in tasks for i in range(n)]
 
 
+def describe_model(folder: Path) -> str:
+    """`folder` and, when it has the training script's ``training_time.json``, its steps and UNet time."""
+    text = f"`{folder.resolve().relative_to(ROOT) if folder.resolve().is_relative_to(ROOT) else folder}`"
+    info = folder / "training_time.json"
+    if info.is_file():
+        meta = json.loads(info.read_text())
+        text += f" ({meta['max_steps']} steps, UNet {meta['times']['unet_s'] / 60:.1f} min)"
+    return text
+
+
 def arr(img) -> np.ndarray:
     return np.asarray(img, dtype=np.float64) / 255.0
 
@@ -272,8 +282,9 @@ def main(argv=None) -> int:
     rows = test_rows(TRAINED_TASKS, args.n)
 
     lines = ["# ShapesWorld quality benchmark", "",
-             f"Model: `{model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir}`; "
-             f"test split seed 0; DDIM {args.steps} steps, guidance {args.guidance}, image guidance "
+             f"Model: {describe_model(model_dir)}"
+             + (f"; no-task-embedding model: {describe_model(Path(args.notask_model))}" if args.notask_model else "")
+             + f"; test split seed 0; DDIM {args.steps} steps, guidance {args.guidance}, image guidance "
              f"{args.image_guidance}, sampling seed {args.seed}.", ""]
     seen_rows = test_rows(TRAINED_TASKS, args.n, phrasing="train")
     part_lines, results, outs = part_tasks(pipe, rows, args, notask, seen_rows)

@@ -10,8 +10,8 @@ What it does, with the settings of the committed model (seed 0):
 2. ``build_shapes_pipeline`` (``multiedit/shapes_preset.py``): the toy preset. Its autoencoder is exact
    by construction (no training; see ``make_exact_autoencoder``): tiny AutoencoderKLs trained here on
    CPU reconstructed with L1 0.05–0.07, more than many edits change, so they capped edit accuracy.
-3. ``multiedit.training.train``: residual diffusion with v-prediction, zero terminal SNR and the task
-   table; 4,000 steps of batch 32; AdamW lr 1e-3, cosine schedule, 50 warm-up steps; EMA (decay 0.999);
+3. ``multiedit.training.train``: residual diffusion predicting x0 (with v-prediction's loss weighting),
+   zero terminal SNR and the task table; 2,000 steps of batch 32; AdamW lr 1e-3, cosine schedule, 50 warm-up steps; EMA (decay 0.999);
    latent cache (one variant; ``augment="none"`` and no flips, because the world is exact and
    "left"/"right" are in the instructions); conditioning dropout 5% (IP2P).
 4. ``train_classifier``: the task classifier, from the tiny zoo's ``classifier-base``, on 300 training
@@ -19,7 +19,7 @@ What it does, with the settings of the committed model (seed 0):
 5. The pipeline (with classifier) is saved to ``--out`` (default: the embedded default-model folder),
    with ``training_time.json`` (settings and the wall time of each stage).
 
-Time: about 45 min for the UNet (1.5 steps/s) and 1-2 min for the rest on a 2-core CPU; see
+Time: about 30 min for the UNet (1.1 steps/s) and 1-2 min for the rest on a 2-core CPU; see
 ``training_time.json`` for the committed run. Everything is seeded; on the same machine and library
 versions a rerun gives the same weights, elsewhere the same quality within noise.
 """
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="Where the final pipeline (with classifier) goes.")
     ap.add_argument("--seed", type=int, default=0, help="Seed of everything (the committed model: 0).")
     ap.add_argument("--per-task", type=int, default=800, help="Training pairs per task.")
-    ap.add_argument("--max-steps", type=int, default=4000, help="UNet training steps.")
+    ap.add_argument("--max-steps", type=int, default=2000, help="UNet training steps.")
     ap.add_argument("--batch-size", type=int, default=32, help="UNet batch size.")
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")

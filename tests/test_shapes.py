@@ -254,7 +254,7 @@ def test_train_config_rejects_unknown_augment():
         EditPairs(None, {}, [], 64, augment="heavy")
 
 
-def test_preset_pipeline_edits_64px_images_with_residual_v_prediction(tmp_path):
+def test_preset_pipeline_edits_64px_images_with_residual_x0_prediction(tmp_path):
     import torch
 
     from multiedit.pipeline import MultiEditPipeline
@@ -262,7 +262,7 @@ def test_preset_pipeline_edits_64px_images_with_residual_v_prediction(tmp_path):
 
     build_shapes_pipeline(tmp_path / "p", seed=0)
     loaded = MultiEditPipeline.from_pretrained(tmp_path / "p")
-    assert loaded.config.residual and loaded.scheduler.config.prediction_type == "v_prediction"
+    assert loaded.config.residual and loaded.scheduler.config.prediction_type == "sample"
     # zero terminal SNR: the noisiest training input holds no signal, so sampling from pure noise matches training
     assert float(loaded.scheduler.alphas_cumprod[-1]) < 1e-6  # Stable Diffusion's schedule leaves 4.7e-3
     assert loaded.unet.config.in_channels == 2 * loaded.vae.config.latent_channels
@@ -305,7 +305,7 @@ def _edit_l1(pipe, rows, task):
 
 @pytest.mark.parametrize("task", ["global", "color", "style"])
 def test_default_model_beats_the_identity_edit_on_test_scenes(task):
-    """The committed model, through the real pipeline (residual v-prediction, zero-SNR DDIM), on test scenes
+    """The committed model, through the real pipeline (residual x0 prediction, zero-SNR DDIM), on test scenes
     worded with the training templates, for the whole-image tasks it has learned (the benchmark reports
     every task, and the held-out wordings). Breaking the residual path, the scheduler or the task ids fails."""
     from multiedit.datagen.shapes import make_example
