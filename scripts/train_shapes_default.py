@@ -19,7 +19,7 @@ What it does, with the settings of the committed model (seed 0):
 5. The pipeline (with classifier) is saved to ``--out`` (default: the embedded default-model folder),
    with ``training_time.json`` (settings and the wall time of each stage).
 
-Time: about 30 min for the UNet (1.1 steps/s) and 1-2 min for the rest on a 2-core CPU; see
+Time: about 30 min for the UNet (1.1 steps/s; 65 min on a 2-core machine half as fast) and 1-2 min for the rest; see
 ``training_time.json`` for the committed run. Everything is seeded; on the same machine and library
 versions a rerun gives the same weights, elsewhere the same quality within noise.
 """

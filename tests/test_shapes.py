@@ -320,7 +320,8 @@ def test_default_model_beats_the_identity_edit_on_test_scenes(task):
 
 def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(tmp_path):
     """Task inversion overfits a handful of sepia examples: at fixed noise and timesteps, the learned vector's
-    loss is well below the zero vector's (measured 0.63×). A vector left at zero, another row trained, or a
+    loss is well below the zero vector's (measured 0.76× on the x0 default model; 120 steps or lr 2e-2 give
+    0.77–0.78, so this is where one vector levels off). A vector left at zero, another row trained, or a
     gradient reaching the backbone instead would not give this."""
     import torch
     from diffusers import DDPMScheduler
@@ -364,7 +365,7 @@ def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(
     with torch.no_grad():
         pipe.unet.class_embedding.weight[pipe.task_id("sepia")].zero_()
     zero = loss()
-    assert learned < 0.8 * zero, (learned, zero)
+    assert learned < 0.85 * zero, (learned, zero)
 
 
 def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_path):
