@@ -46,7 +46,8 @@ def test_rows(tasks, n, seed=0, split="test", phrasing=None):
 
 def describe_model(folder: Path) -> str:
     """`folder` and, when it has the training script's ``training_time.json``, its steps and UNet time."""
-    text = f"`{folder.resolve().relative_to(ROOT) if folder.resolve().is_relative_to(ROOT) else folder}`"
+    full = folder.resolve()
+    text = f"`{full.relative_to(ROOT) if full.is_relative_to(ROOT) else folder}`"
     info = folder / "training_time.json"
     if info.is_file():
         meta = json.loads(info.read_text())

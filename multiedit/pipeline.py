@@ -129,8 +129,10 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         add_task_table(unet, len(names))
         tokens = TaskTokenEmbedding(len(names), unet.config.cross_attention_dim) if task_token else None
         if prediction_type is not None:
-            if prediction_type not in ("epsilon", "v_prediction", "sample"):
-                raise MultiEditError(f"prediction_type={prediction_type!r}; use epsilon, v_prediction or sample.")
+            from .training.objective import PREDICTION_TYPES
+
+            if prediction_type not in PREDICTION_TYPES:
+                raise MultiEditError(f"prediction_type={prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}.")
             sched = parts["scheduler"]
             parts["scheduler"] = sched.__class__.from_config(sched.config, prediction_type=prediction_type)
         return cls(**parts, task_tokens=tokens, task_names=names, residual=residual)

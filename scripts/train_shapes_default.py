@@ -11,7 +11,8 @@ What it does, with the settings of the committed model (seed 0):
    by construction (no training; see ``make_exact_autoencoder``): tiny AutoencoderKLs trained here on
    CPU reconstructed with L1 0.05–0.07, more than many edits change, so they capped edit accuracy.
 3. ``multiedit.training.train``: residual diffusion predicting x0 (with v-prediction's loss weighting),
-   zero terminal SNR and the task table; 2,000 steps of batch 32; AdamW lr 1e-3, cosine schedule, 50 warm-up steps; EMA (decay 0.999);
+   zero terminal SNR and the task table; 2,000 steps of batch 32; AdamW lr 1e-3, cosine schedule,
+   50 warm-up steps; EMA (decay 0.999);
    latent cache (one variant; ``augment="none"`` and no flips, because the world is exact and
    "left"/"right" are in the instructions); conditioning dropout 5% (IP2P).
 4. ``train_classifier``: the task classifier, from the tiny zoo's ``classifier-base``, on 300 training
@@ -19,8 +20,8 @@ What it does, with the settings of the committed model (seed 0):
 5. The pipeline (with classifier) is saved to ``--out`` (default: the embedded default-model folder),
    with ``training_time.json`` (settings and the wall time of each stage).
 
-Time: about 30 min for the UNet (1.1 steps/s; 65 min on a 2-core machine half as fast) and 1-2 min for the rest; see
-``training_time.json`` for the committed run. Everything is seeded; on the same machine and library
+Time: about 30 min for the UNet (1.1 steps/s; 65 min on a 2-core machine half as fast) and 1-2 min for
+the rest; see ``training_time.json`` for the committed run. Everything is seeded; on the same machine and library
 versions a rerun gives the same weights, elsewhere the same quality within noise.
 """
 

@@ -152,6 +152,15 @@ def test_residual_sampling_adds_the_source_latent(zoo, tmp_path):
     assert torch.allclose(b, a + src * plain.vae.config.scaling_factor, atol=1e-5)
 
 
+def test_from_base_sets_each_trainable_prediction_type_and_names_the_choices_for_others(zoo):
+    from multiedit.training.objective import PREDICTION_TYPES
+
+    for kind in PREDICTION_TYPES:
+        assert MultiEditPipeline.from_base(zoo("ip2p"), prediction_type=kind).scheduler.config.prediction_type == kind
+    with pytest.raises(MultiEditError, match="prediction_type='x0'; use one of epsilon, v_prediction, sample"):
+        MultiEditPipeline.from_base(zoo("ip2p"), prediction_type="x0")
+
+
 def test_classifier_component_round_trip_picks_what_the_classifier_alone_predicts(zoo, tmp_path):
     from multiedit.classifier import load_base, predict_tasks
 

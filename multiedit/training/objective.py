@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+# The scheduler parameterisations diffusion_loss trains (``from_base`` accepts the same).
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
 
 def dropout_masks(u: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Split uniform draws ``u`` (B,) into (drop_text, drop_image) boolean masks.
@@ -93,7 +96,7 @@ def diffusion_loss(
     elif kind == "sample":
         return sample_loss(pred, target_latents, noise_scheduler.alphas_cumprod, timesteps)
     else:
-        raise ValueError(f"Unsupported prediction_type {kind!r}; use epsilon, v_prediction or sample.")
+        raise ValueError(f"Unsupported prediction_type {kind!r}; use one of {', '.join(PREDICTION_TYPES)}.")
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
 
