@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=2000, help="UNet training steps.")
     ap.add_argument("--batch-size", type=int, default=32, help="UNet batch size.")
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
+    ap.add_argument("--snr-gamma", type=float, default=None,
+                    help="Cap the x0-error weight 1+SNR at this value (TrainConfig.snr_gamma; default: off).")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, lr=args.lr, lr_scheduler="cosine", lr_warmup_steps=50, use_ema=True,
         ema_decay=0.999, cache_latents=True, cache_variants=1, augment="none", random_flip=False, seed=args.seed,
         report_to="none", checkpointing_steps=250, checkpoints_total_limit=1, num_validation_samples=4,
-        validation_inference_steps=10, resume="latest" if (run / "checkpoints").is_dir() else None,
+        validation_inference_steps=10, snr_gamma=args.snr_gamma, resume="latest" if (run / "checkpoints").is_dir() else None,
     )
     train(cfg)
     times["unet_s"] = time.time() - t

@@ -341,3 +341,57 @@ def test_prompt_token_noise_replaces_words_only_and_at_its_rate(zoo):
     assert torch.equal(still.embed_text(["make it night"], torch.Generator().manual_seed(1)), clean)
     with pytest.raises(MultiEditError, match="prompt_token_noise"):
         TrainConfig(model="m", dataset="d", out="o", prompt_token_noise=1.0)
+
+
+def test_snr_gamma_caps_the_x0_weight_alike_for_v_and_x0_models(zoo):
+    """``snr_gamma`` = γ weights each sample's x0 error by min(1 + SNR, γ), whichever way the model is
+    parameterised: an x0 model and a v model whose outputs imply the same x̂0 get the same capped loss. Steps
+    with 1 + SNR ≤ γ keep the plain v-loss weight; the low-noise steps (1 + SNR up to ~1000) are capped at γ."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    x0_hat = x0 + 0.1 * torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    cond = Conditioning(torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 77, 32, generator=g),
+                        torch.zeros(1, 77, 32), torch.tensor([0, 1, 0, 1]))
+
+    class Fixed(torch.nn.Module):  # a "UNet" that outputs a given tensor, in either parameterisation
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, *args, **kwargs):
+            return type("Out", (), {"sample": self.out})()
+
+    losses = {}
+    for kind in ("sample", "v_prediction"):
+        sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, rescale_betas_zero_snr=True, prediction_type=kind)
+        a = sched.alphas_cumprod[t].sqrt()[:, None, None, None]
+        s = (1 - sched.alphas_cumprod[t]).sqrt()[:, None, None, None]
+        noisy = sched.add_noise(x0, noise, t)
+        out = x0_hat if kind == "sample" else a * (noisy - a * x0_hat) / s - s * x0_hat
+        for gamma in (None, 5.0):
+            losses[kind, gamma] = diffusion_loss(Fixed(out), sched, x0, cond, dropout=0, noise=noise, timesteps=t,
+                                                 snr_gamma=gamma)
+    x0_weight = 1 / (1 - sched.alphas_cumprod[t])
+    per_sample = ((x0_hat - x0) ** 2).flatten(1).mean(1)
+    for gamma, w in ((None, x0_weight), (5.0, x0_weight.clamp_max(5.0))):
+        expected = (w * per_sample).mean()
+        torch.testing.assert_close(losses["sample", gamma], expected, rtol=1e-4, atol=0)
+        torch.testing.assert_close(losses["v_prediction", gamma], expected, rtol=1e-3, atol=0)
+    assert x0_weight[0] > 1000 and x0_weight[2] < 5  # t=0 is capped, t=500 is not: the test covers both sides
+
+    sched = DDPMScheduler(num_train_timesteps=1000, prediction_type="epsilon")
+    with pytest.raises(ValueError, match="snr_gamma needs a v_prediction or sample model"):
+        diffusion_loss(Fixed(noise), sched, x0, cond, dropout=0, noise=noise, timesteps=t, snr_gamma=5.0)
+
+
+def test_cli_rejects_snr_gamma_on_an_epsilon_model_and_below_one(zoo, data, tmp_path, capsys):
+    args = ["train", "--model", str(zoo("pipeline")), "--dataset", str(data), "--out", str(tmp_path / "run"),
+            "--resolution", "32", "--max-steps", "1", "--report-to", "none"]
+    assert main(args + ["--snr-gamma", "5"]) != 0
+    err = capsys.readouterr().err
+    assert "--snr-gamma needs a v_prediction or sample model" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "model_index.json").exists()
+    assert main(args + ["--snr-gamma", "0.5"]) != 0
+    assert "snr_gamma=0.5 must be at least 1" in capsys.readouterr().err

@@ -54,6 +54,9 @@ class TrainConfig:
     prompt_token_noise: float = _f(0.0, "Replace each instruction token with a random vocabulary token with this "
                                         "probability, drawn anew every step (meant for robustness to unseen wordings; "
                                         "the text is re-encoded each step, also with --cache-latents).")
+    snr_gamma: float | None = _f(None, "v and x0 models: cap each sample's x0-error weight 1+SNR at this value "
+                                       "(Min-SNR-γ on 1+SNR, so t=T keeps its weight), giving the high-noise steps "
+                                       "more of the gradient. Default: off (the plain v-loss).")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
     use_ema: bool = _f(False, "Keep an EMA of the trained weights; the saved pipeline uses it.")
@@ -84,6 +87,8 @@ class TrainConfig:
             )
         if not 0 <= self.prompt_token_noise < 1:
             raise MultiEditError(f"prompt_token_noise={self.prompt_token_noise} must be in [0, 1).")
+        if self.snr_gamma is not None and not self.snr_gamma >= 1:
+            raise MultiEditError(f"snr_gamma={self.snr_gamma} must be at least 1 (the weight at t=T is 1).")
         if self.resolution % 8:
             raise MultiEditError(f"resolution={self.resolution} must be a multiple of 8.")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "cache_variants"):

@@ -94,6 +94,9 @@ def train(cfg: TrainConfig) -> Path:
     pipe = load_model(cfg)
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    if cfg.snr_gamma is not None and noise_scheduler.config.prediction_type == "epsilon":
+        raise MultiEditError(f"--snr-gamma needs a v_prediction or sample model, and {cfg.model} predicts epsilon; "
+                             "drop --snr-gamma or convert the base with `multiedit init --prediction-type`.")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     for frozen in (vae, text_encoder):
         frozen.requires_grad_(False).eval().to(device, dtype=weight_dtype)
@@ -161,7 +164,7 @@ def train(cfg: TrainConfig) -> Path:
                     target, cond = encoder.encode(batch, g)
                 loss = diffusion_loss(unet, noise_scheduler, target.float(), cond, dropout=cfg.conditioning_dropout,
                                       generator=g, task_tokens=task_tokens, residual=residual,
-                                      scaling_factor=vae.config.scaling_factor)
+                                      scaling_factor=vae.config.scaling_factor, snr_gamma=cfg.snr_gamma)
                 if not torch.isfinite(accelerator.gather(loss.detach())).all():
                     last = checkpoint_dirs(out)
                     raise MultiEditError(

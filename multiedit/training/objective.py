@@ -57,6 +57,7 @@ def diffusion_loss(
     task_tokens=None,
     residual: bool = False,
     scaling_factor: float = 0.18215,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """Mean squared error of the UNet's prediction (ε, v or x0, per the scheduler's ``prediction_type``).
 
@@ -64,6 +65,7 @@ def diffusion_loss(
     ``noise``, ``timesteps`` and ``dropout_draws`` are drawn from ``generator`` unless given (tests pass
     them to compare against a reference step). With ``residual`` the diffused quantity is the change
     ``target − scaling_factor · source`` (the pipeline's ``residual`` config adds the source back).
+    ``snr_gamma`` (v and x0 models only) caps the v-loss weight of each sample: see ``snr_weights``.
     """
     if residual:
         target_latents = target_latents - cond.source_latents.to(target_latents) * scaling_factor
@@ -89,28 +91,50 @@ def diffusion_loss(
     pred = unet(torch.cat([noisy, source], dim=1), timesteps, encoder_hidden_states=text,
                 class_labels=cond.task_ids).sample
     kind = noise_scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = noise_scheduler.get_velocity(target_latents, noise, timesteps)
-    elif kind == "sample":
-        return sample_loss(pred, target_latents, noise_scheduler.alphas_cumprod, timesteps)
-    else:
+    if kind not in PREDICTION_TYPES:
         raise ValueError(f"Unsupported prediction_type {kind!r}; use one of {', '.join(PREDICTION_TYPES)}.")
-    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    if snr_gamma is not None and kind == "epsilon":
+        raise ValueError("snr_gamma needs a v_prediction or sample model: at zero terminal SNR the ε weight "
+                         "min(1+SNR, γ)/SNR is infinite; train without --snr-gamma.")
+    if kind == "sample":
+        return sample_loss(pred, target_latents, noise_scheduler.alphas_cumprod, timesteps, snr_gamma=snr_gamma)
+    target = noise if kind == "epsilon" else noise_scheduler.get_velocity(target_latents, noise, timesteps)
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    v_weight, _ = snr_weights(noise_scheduler.alphas_cumprod, timesteps, snr_gamma)
+    per_sample = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
+    return (v_weight * per_sample).mean()
+
+
+def snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
+                snr_gamma: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (v-loss weight, x0-error weight) at ``timesteps``.
+
+    The v-loss equals the x0 error times 1 + SNR(t) = 1/σ². That weight runs from 1 at t = T to ~1/σ²_min
+    (about 1,000) at t = 0, so the low-noise steps take almost all of the gradient, while the high-noise
+    steps — which fix a sample's layout and colour, and where the model must learn to ignore a noise input
+    without signal — take little. ``snr_gamma`` = γ caps the x0 weight at γ: min(1 + SNR, γ), i.e. a v-loss
+    weight of min(1 + SNR, γ)/(1 + SNR). This is Min-SNR-γ (Hang et al., 2023) on 1 + SNR rather than SNR,
+    so it stays positive at zero terminal SNR (where min(SNR, γ) would drop t = T from the loss).
+    """
+    acp = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    x0_weight = 1.0 / (1.0 - acp).clamp_min(1e-8)
+    if snr_gamma is None:
+        return torch.ones_like(x0_weight), x0_weight
+    capped = x0_weight.clamp_max(snr_gamma)
+    return capped / x0_weight, capped
 
 
 def sample_loss(pred: torch.Tensor, x0: torch.Tensor, alphas_cumprod: torch.Tensor,
-                timesteps: torch.Tensor) -> torch.Tensor:
+                timesteps: torch.Tensor, snr_gamma: float | None = None) -> torch.Tensor:
     """The v-prediction loss, for a model that outputs x̂0 (``prediction_type="sample"``).
 
     With x_t = α·x0 + σ·ε, the v implied by x̂0 is off by (x̂0 − x0)/σ, so ‖v̂ − v‖² = (1 + SNR)·‖x̂0 − x0‖²:
     weighting each sample's x0 error by 1 + SNR(t) = 1/σ² gives exactly v-prediction's loss and gradients
     in function space. Only what the network outputs changes: where the answer is "no change" (residual
     diffusion, outside an edited region) x̂0 is exactly 0, whereas v̂ must copy the noise, x_t/σ, and every
-    error of that copy lands in the image at low t.
+    error of that copy lands in the image at low t. ``snr_gamma`` caps the weight (``snr_weights``).
     """
-    acp = alphas_cumprod.to(x0.device)[timesteps].float()
-    weight = 1.0 / (1.0 - acp).clamp_min(1e-8)
+    _, weight = snr_weights(alphas_cumprod, timesteps.to(x0.device), snr_gamma)
     per_sample = ((pred.float() - x0.float()) ** 2).flatten(1).mean(1)
     return (weight * per_sample).mean()
