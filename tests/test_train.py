@@ -395,3 +395,61 @@ def test_cli_rejects_snr_gamma_on_an_epsilon_model_and_below_one(zoo, data, tmp_
     assert not (tmp_path / "run" / "model_index.json").exists()
     assert main(args + ["--snr-gamma", "0.5"]) != 0
     assert "snr_gamma=0.5 must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss_type", ["l1", "huber"])
+def test_loss_type_penalises_the_implied_v_error_alike_for_v_and_x0_models(loss_type):
+    """``l1`` and ``huber`` penalise √(1 + SNR)·(x̂0 − x0), the v error an x̂0 implies, so a v model and an x0
+    model with the same x̂0 get the same loss; ``l1`` is exactly the mean weighted absolute error, and the
+    pseudo-Huber is the squared error for a large c and 2c·|err| for a small one."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    x0_hat = x0 + 0.1 * torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    cond = Conditioning(torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 77, 32, generator=g),
+                        torch.zeros(1, 77, 32), torch.tensor([0, 1, 0, 1]))
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, *args, **kwargs):
+            return type("Out", (), {"sample": self.out})()
+
+    def loss(kind, **kw):
+        sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, rescale_betas_zero_snr=True, prediction_type=kind)
+        a = sched.alphas_cumprod[t].sqrt()[:, None, None, None]
+        s = (1 - sched.alphas_cumprod[t]).sqrt()[:, None, None, None]
+        out = x0_hat if kind == "sample" else a * (sched.add_noise(x0, noise, t) - a * x0_hat) / s - s * x0_hat
+        return diffusion_loss(Fixed(out), sched, x0, cond, dropout=0, noise=noise, timesteps=t, **kw), sched
+
+    got, sched = loss("sample", loss_type=loss_type)
+    torch.testing.assert_close(loss("v_prediction", loss_type=loss_type)[0], got, rtol=1e-3, atol=0)
+    scale = (1 / (1 - sched.alphas_cumprod[t])).sqrt()[:, None, None, None]
+    err = (scale * (x0_hat - x0)).abs()
+    if loss_type == "l1":
+        torch.testing.assert_close(got, err.mean(), rtol=1e-4, atol=0)
+        assert not torch.allclose(got, loss("sample")[0], rtol=0.1)  # not the squared error
+    else:
+        torch.testing.assert_close(got, (2 * 0.1 * (torch.sqrt(err**2 + 0.01) - 0.1)).mean(), rtol=1e-4, atol=0)
+        torch.testing.assert_close(loss("sample", loss_type="huber", huber_c=1e3)[0], loss("sample")[0], rtol=1e-3, atol=0)
+        torch.testing.assert_close(loss("sample", loss_type="huber", huber_c=1e-4)[0], 2e-4 * err.mean(), rtol=1e-2, atol=0)
+    with pytest.raises(ValueError, match="Unsupported loss_type 'l3'"):
+        loss("sample", loss_type="l3")
+
+
+def test_cli_trains_with_the_loss_type_and_rejects_a_bad_huber_c(zoo, data, tmp_path, capsys):
+    """``--loss-type`` reaches the training step: the same seeded run with l1 ends with other weights than with
+    l2, and the run's config records it; a non-positive ``--huber-c`` is refused before training."""
+    args = ["train", "--model", str(zoo("pipeline")), "--dataset", str(data), "--resolution", "32",
+            "--max-steps", "1", "--batch-size", "2", "--num-validation-samples", "0", "--report-to", "none"]
+    for loss_type in ("l2", "l1"):
+        assert main(args + ["--out", str(tmp_path / loss_type), "--loss-type", loss_type]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "l1" / "training_config.json").read_text())["loss_type"] == "l1"
+    l2, l1 = unet_weights(tmp_path / "l2"), unet_weights(tmp_path / "l1")
+    assert any(not torch.equal(l2[k], l1[k]) for k in l2)
+    assert main(args + ["--out", str(tmp_path / "bad"), "--loss-type", "huber", "--huber-c", "0"]) != 0
+    err = capsys.readouterr().err
+    assert "huber_c=0.0 must be positive" in err and "Traceback" not in err

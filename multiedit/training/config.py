@@ -57,6 +57,11 @@ class TrainConfig:
     snr_gamma: float | None = _f(None, "v and x0 models: cap each sample's x0-error weight 1+SNR at this value "
                                        "(Min-SNR-γ on 1+SNR, so t=T keeps its weight), giving the high-noise steps "
                                        "more of the gradient. Default: off (the plain v-loss).")
+    loss_type: str = _f("l2", "Penalty of the prediction error: l2 (squared, as IP2P), l1, or huber (pseudo-Huber "
+                              "with --huber-c, as diffusers' scripts). l1 keeps pulling small errors to 0, e.g. "
+                              "the change outside an edited region under residual diffusion.",
+                        choices=["l2", "l1", "huber"])
+    huber_c: float = _f(0.1, "The pseudo-Huber threshold c (loss_type=huber): quadratic below, linear above.")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
     use_ema: bool = _f(False, "Keep an EMA of the trained weights; the saved pipeline uses it.")
@@ -89,6 +94,10 @@ class TrainConfig:
             raise MultiEditError(f"prompt_token_noise={self.prompt_token_noise} must be in [0, 1).")
         if self.snr_gamma is not None and not self.snr_gamma >= 1:
             raise MultiEditError(f"snr_gamma={self.snr_gamma} must be at least 1 (the weight at t=T is 1).")
+        if self.loss_type not in ("l2", "l1", "huber"):
+            raise MultiEditError(f"loss_type={self.loss_type!r}; use l2, l1 or huber.")
+        if not self.huber_c > 0:
+            raise MultiEditError(f"huber_c={self.huber_c} must be positive.")
         if self.resolution % 8:
             raise MultiEditError(f"resolution={self.resolution} must be a multiple of 8.")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "cache_variants"):

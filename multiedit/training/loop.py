@@ -164,7 +164,8 @@ def train(cfg: TrainConfig) -> Path:
                     target, cond = encoder.encode(batch, g)
                 loss = diffusion_loss(unet, noise_scheduler, target.float(), cond, dropout=cfg.conditioning_dropout,
                                       generator=g, task_tokens=task_tokens, residual=residual,
-                                      scaling_factor=vae.config.scaling_factor, snr_gamma=cfg.snr_gamma)
+                                      scaling_factor=vae.config.scaling_factor, snr_gamma=cfg.snr_gamma,
+                                      loss_type=cfg.loss_type, huber_c=cfg.huber_c)
                 if not torch.isfinite(accelerator.gather(loss.detach())).all():
                     last = checkpoint_dirs(out)
                     raise MultiEditError(

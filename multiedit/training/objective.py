@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 # The scheduler parameterisations diffusion_loss trains (``from_base`` accepts the same).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# The per-element penalties of the prediction error (``loss_type``): see ``penalty``.
+LOSS_TYPES = ("l2", "l1", "huber")
 
 
 def dropout_masks(u: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,15 +60,21 @@ def diffusion_loss(
     residual: bool = False,
     scaling_factor: float = 0.18215,
     snr_gamma: float | None = None,
+    loss_type: str = "l2",
+    huber_c: float = 0.1,
 ) -> torch.Tensor:
-    """Mean squared error of the UNet's prediction (ε, v or x0, per the scheduler's ``prediction_type``).
+    """Mean penalty (squared by default) of the UNet's prediction error (ε, v or x0, per the scheduler's
+    ``prediction_type``).
 
     ``target_latents``: (B, 4, h, w), the edited image's latent times the VAE scaling factor.
     ``noise``, ``timesteps`` and ``dropout_draws`` are drawn from ``generator`` unless given (tests pass
     them to compare against a reference step). With ``residual`` the diffused quantity is the change
     ``target − scaling_factor · source`` (the pipeline's ``residual`` config adds the source back).
     ``snr_gamma`` (v and x0 models only) caps the v-loss weight of each sample: see ``snr_weights``.
+    ``loss_type`` / ``huber_c`` choose the penalty of the (weighted) error: see ``penalty``.
     """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"Unsupported loss_type {loss_type!r}; use one of {', '.join(LOSS_TYPES)}.")
     if residual:
         target_latents = target_latents - cond.source_latents.to(target_latents) * scaling_factor
     bsz = target_latents.shape[0]
@@ -97,13 +105,43 @@ def diffusion_loss(
         raise ValueError("snr_gamma needs a v_prediction or sample model: at zero terminal SNR the ε weight "
                          "min(1+SNR, γ)/SNR is infinite; train without --snr-gamma.")
     if kind == "sample":
-        return sample_loss(pred, target_latents, noise_scheduler.alphas_cumprod, timesteps, snr_gamma=snr_gamma)
+        return sample_loss(pred, target_latents, noise_scheduler.alphas_cumprod, timesteps, snr_gamma=snr_gamma,
+                           loss_type=loss_type, huber_c=huber_c)
     target = noise if kind == "epsilon" else noise_scheduler.get_velocity(target_latents, noise, timesteps)
-    if snr_gamma is None:
+    if snr_gamma is None and loss_type == "l2":
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
     v_weight, _ = snr_weights(noise_scheduler.alphas_cumprod, timesteps, snr_gamma)
-    per_sample = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
-    return (v_weight * per_sample).mean()
+    return weighted_penalty(pred, target, v_weight, loss_type, huber_c)
+
+
+def penalty(err: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1) -> torch.Tensor:
+    """Per-element penalty of a prediction error: ``l2`` err², ``l1`` |err|, or ``huber``, the pseudo-Huber
+    2c·(√(err² + c²) − c) — err² for |err| ≪ c, 2c·|err| beyond (the scaling diffusers' training scripts use
+    for their ``--loss_type huber``, so ``huber_c`` means the same).
+
+    Squared error has a gradient that vanishes as the error does, so small errors spread over many elements
+    cost almost nothing next to a few large ones. Where most of the target is exactly 0 — residual diffusion
+    outside an edited region — ``l1`` keeps pulling those elements to 0 with a constant force, and its optimal
+    point estimate is the conditional median rather than the mean.
+    """
+    if loss_type == "l2":
+        return err**2
+    if loss_type == "l1":
+        return err.abs()
+    return 2 * huber_c * (torch.sqrt(err**2 + huber_c**2) - huber_c)
+
+
+def weighted_penalty(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, loss_type: str = "l2",
+                     huber_c: float = 0.1) -> torch.Tensor:
+    """Mean over samples of the mean ``penalty`` of √weight·(pred − target), for per-sample weights (B,).
+
+    For ``l2`` this is Σ weight·‖pred − target‖²: the squared-error weighting is kept exactly. For the other
+    penalties the weight scales the error before the penalty, so an x0 model weighted by 1 + SNR penalises
+    the error of the v it implies — the same loss a v model with that ``loss_type`` has.
+    """
+    scale = weight.float().sqrt().view(-1, *([1] * (pred.dim() - 1)))
+    err = scale * (pred.float() - target.float())
+    return penalty(err, loss_type, huber_c).flatten(1).mean(1).mean()
 
 
 def snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
@@ -126,15 +164,16 @@ def snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
 
 
 def sample_loss(pred: torch.Tensor, x0: torch.Tensor, alphas_cumprod: torch.Tensor,
-                timesteps: torch.Tensor, snr_gamma: float | None = None) -> torch.Tensor:
+                timesteps: torch.Tensor, snr_gamma: float | None = None, loss_type: str = "l2",
+                huber_c: float = 0.1) -> torch.Tensor:
     """The v-prediction loss, for a model that outputs x̂0 (``prediction_type="sample"``).
 
     With x_t = α·x0 + σ·ε, the v implied by x̂0 is off by (x̂0 − x0)/σ, so ‖v̂ − v‖² = (1 + SNR)·‖x̂0 − x0‖²:
     weighting each sample's x0 error by 1 + SNR(t) = 1/σ² gives exactly v-prediction's loss and gradients
     in function space. Only what the network outputs changes: where the answer is "no change" (residual
     diffusion, outside an edited region) x̂0 is exactly 0, whereas v̂ must copy the noise, x_t/σ, and every
-    error of that copy lands in the image at low t. ``snr_gamma`` caps the weight (``snr_weights``).
+    error of that copy lands in the image at low t. ``snr_gamma`` caps the weight (``snr_weights``);
+    ``loss_type`` other than ``l2`` penalises the implied v error √(1 + SNR)·(x̂0 − x0) (``weighted_penalty``).
     """
     _, weight = snr_weights(alphas_cumprod, timesteps.to(x0.device), snr_gamma)
-    per_sample = ((pred.float() - x0.float()) ** 2).flatten(1).mean(1)
-    return (weight * per_sample).mean()
+    return weighted_penalty(pred, x0, weight, loss_type, huber_c)
