@@ -55,6 +55,12 @@ def describe_model(folder: Path) -> str:
     return text
 
 
+def training_loss_type(folder: Path) -> str:
+    """The ``loss_type`` the training script recorded in ``training_time.json`` (l2 when it records none)."""
+    info = Path(folder) / "training_time.json"
+    return json.loads(info.read_text()).get("loss_type", "l2") if info.is_file() else "l2"
+
+
 def arr(img) -> np.ndarray:
     return np.asarray(img, dtype=np.float64) / 255.0
 
@@ -189,9 +195,11 @@ def part_inversion(model_dir, args):
     tasks = list(HELDOUT_TASKS)
     rows = test_rows(tasks, args.n)
     results: dict = {}
+    loss_type = training_loss_type(model_dir)
     lines = ["## 3. Task inversion on held-out tasks", "",
              f"New task vector only (backbone frozen), {args.invert_steps} steps, vs the whole UNet fine-tuned on "
-             f"100 examples per task for {args.finetune_steps} steps; {args.n} test edits per task; L1 (PSNR dB).", "",
+             f"100 examples per task for {args.finetune_steps} steps, both with the model's training loss "
+             f"({loss_type}); {args.n} test edits per task; L1 (PSNR dB).", "",
              "| task | identity | 1 example | 10 examples | 100 examples | full fine-tune (100) |",
              "|---|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +211,8 @@ def part_inversion(model_dir, args):
                 data = write_shapes_dataset(tmp / f"{task}-{k}", [task], k, seed=args.seed, progress=False)
                 emb = invert_task(InvertConfig(model=str(model_dir), examples=str(data), name=task, out=str(tmp / f"emb-{task}-{k}"),
                                                steps=args.invert_steps, batch_size=min(8, max(k, 1)), seed=args.seed,
-                                               cache_variants=1, augment="none", random_flip=False))
+                                               cache_variants=1, augment="none", random_flip=False,
+                                               loss_type=loss_type))
                 pipe = load_pipeline(model_dir, [emb])
                 pipe.set_progress_bar_config(disable=True)
                 o = overall(score(task_rows, run_edits(pipe, task_rows, [task] * len(task_rows), args)))
@@ -217,7 +226,7 @@ def part_inversion(model_dir, args):
         train(TrainConfig(model=str(tmp / "ft-base"), dataset=str(data), out=str(tmp / "ft"), resolution=64,
                           max_steps=args.finetune_steps, batch_size=8, lr=2e-4, lr_scheduler="cosine", cache_latents=True,
                           cache_variants=1, augment="none", random_flip=False, seed=args.seed, report_to="none",
-                          checkpointing_steps=10**6))
+                          checkpointing_steps=10**6, loss_type=loss_type))
         ft = MultiEditPipeline.from_pretrained(str(tmp / "ft"))
         ft.set_progress_bar_config(disable=True)
         for task in tasks:

@@ -10,8 +10,9 @@ What it does, with the settings of the committed model (seed 0):
 2. ``build_shapes_pipeline`` (``multiedit/shapes_preset.py``): the toy preset. Its autoencoder is exact
    by construction (no training; see ``make_exact_autoencoder``): tiny AutoencoderKLs trained here on
    CPU reconstructed with L1 0.05–0.07, more than many edits change, so they capped edit accuracy.
-3. ``multiedit.training.train``: residual diffusion predicting x0 (with v-prediction's loss weighting),
-   zero terminal SNR and the task table; 2,000 steps of batch 32; AdamW lr 1e-3, cosine schedule,
+3. ``multiedit.training.train``: residual diffusion predicting x0, trained with the absolute error of the
+   v it implies (``loss_type="l1"``: v-prediction's weighting, an L1 penalty), zero terminal SNR and the
+   task table; 2,000 steps of batch 32; AdamW lr 1e-3, cosine schedule,
    50 warm-up steps; EMA (decay 0.999);
    latent cache (one variant; ``augment="none"`` and no flips, because the world is exact and
    "left"/"right" are in the instructions); conditioning dropout 5% (IP2P).
@@ -70,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
     ap.add_argument("--snr-gamma", type=float, default=None,
                     help="Cap the x0-error weight 1+SNR at this value (TrainConfig.snr_gamma; default: off).")
+    ap.add_argument("--loss-type", default="l1", choices=["l2", "l1", "huber"],
+                    help="Penalty of the prediction error (TrainConfig.loss_type; the committed model: l1).")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
@@ -116,7 +119,8 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, lr=args.lr, lr_scheduler="cosine", lr_warmup_steps=50, use_ema=True,
         ema_decay=0.999, cache_latents=True, cache_variants=1, augment="none", random_flip=False, seed=args.seed,
         report_to="none", checkpointing_steps=250, checkpoints_total_limit=1, num_validation_samples=4,
-        validation_inference_steps=10, snr_gamma=args.snr_gamma, resume="latest" if (run / "checkpoints").is_dir() else None,
+        validation_inference_steps=10, snr_gamma=args.snr_gamma, loss_type=args.loss_type,
+        resume="latest" if (run / "checkpoints").is_dir() else None,
     )
     train(cfg)
     times["unet_s"] = time.time() - t

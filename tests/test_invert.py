@@ -208,6 +208,8 @@ def test_bad_inputs(zoo, tmp_path, capsys):
     one_line_error(capsys, base + ["--examples", str(noinstr)], "instructions.jsonl", "--instruction")
     good = plain_examples(tmp_path / "good", n=1)
     one_line_error(capsys, base + ["--examples", str(good), "--augment", "heavy"], "--augment 'heavy'", "ip2p or none")
+    one_line_error(capsys, base + ["--examples", str(good), "--loss-type", "huber", "--huber-c", "-1"],
+                   "--huber-c -1.0 must be positive")
     one_line_error(capsys, ["invert-task", "--model", model, "--name", "add", "--out", str(tmp_path / "o"),
                             "--examples", str(good)], "'add' is already a task")
     from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -235,3 +237,16 @@ def test_loading_into_a_different_base_names_both_sides(zoo, learned, tmp_path):
     wide.unet.class_embedding = torch.nn.Embedding(wide.unet.class_embedding.num_embeddings, 64)
     with pytest.raises(MultiEditError, match=r"shape \(128,\).*needs \(64,\)"):
         wide.load_task_embedding(out)
+
+
+def test_loss_type_reaches_the_inversion_step(zoo, tmp_path):
+    """``--loss-type`` (to match a model trained with ``train --loss-type``) changes what the vector learns:
+    the same seeded inversion with l1 ends at another vector than with l2."""
+    examples = plain_examples(tmp_path / "examples", n=2)
+    vectors = {}
+    for loss_type in ("l2", "l1"):
+        out = invert_task(InvertConfig(model=str(zoo("pipeline")), examples=str(examples), name="mirror",
+                                       out=str(tmp_path / loss_type), steps=3, lr=0.05, batch_size=2,
+                                       loss_type=loss_type))
+        vectors[loss_type] = next(iter(load_file(str(out / "task_embedding.safetensors")).values()))
+    assert vectors["l1"].abs().sum() > 0 and not torch.equal(vectors["l1"], vectors["l2"])

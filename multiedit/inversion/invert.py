@@ -23,8 +23,8 @@ from ..task_unet import task_table
 log = logging.getLogger(__name__)
 
 
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
@@ -43,6 +43,9 @@ class InvertConfig:
     augment: str = _f("ip2p", "Augmentation, as in training: ip2p (random resize in [res, res*9/8] and crop) or none.")
     random_flip: bool = _f(True, "Random horizontal flip of both images (turn off when instructions say left/right).")
     cache_variants: int = _f(4, "Augmented variants encoded once per example.")
+    loss_type: str = _f("l2", "Penalty of the prediction error, as the model was trained (train --loss-type): l2, l1 "
+                              "or huber.", choices=["l2", "l1", "huber"])
+    huber_c: float = _f(0.1, "The pseudo-Huber threshold c (loss_type=huber).")
     seed: int = _f(0, "Random seed.")
     checkpoint_steps: int = _f(100, "Save a resumable checkpoint every N steps (rerun the same command to resume).")
 
@@ -56,6 +59,10 @@ class InvertConfig:
 
         if self.augment not in AUGMENT_MODES:
             raise MultiEditError(f"--augment {self.augment!r}: use {' or '.join(AUGMENT_MODES)}.")
+        if self.loss_type not in ("l2", "l1", "huber"):
+            raise MultiEditError(f"--loss-type {self.loss_type!r}: use l2, l1 or huber.")
+        if not self.huber_c > 0:
+            raise MultiEditError(f"--huber-c {self.huber_c} must be positive.")
 
 
 def initial_vector(table: torch.Tensor, init: str, task_names: list[str]) -> torch.Tensor:
@@ -129,7 +136,8 @@ def invert_task(cfg: InvertConfig) -> Path:
         target, cond = cache.encode(idx, step, g)
         loss = diffusion_loss(pipe.unet, scheduler, target, cond, dropout=cfg.conditioning_dropout, generator=g,
                               task_tokens=pipe.task_tokens, residual=bool(pipe.config.get("residual", False)),
-                              scaling_factor=pipe.vae.config.scaling_factor)
+                              scaling_factor=pipe.vae.config.scaling_factor, loss_type=cfg.loss_type,
+                              huber_c=cfg.huber_c)
         if not torch.isfinite(loss):
             raise MultiEditError(f"The inversion loss became {loss.item()} at step {step + 1}; lower --lr.")
         optimizer.zero_grad(set_to_none=True)
