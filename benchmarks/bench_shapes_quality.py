@@ -81,12 +81,13 @@ def mean(values):
     return float(np.mean(values)) if values else float("nan")
 
 
-def run_edits(pipe, rows, tasks, args) -> list[np.ndarray]:
+def run_edits(pipe, rows, tasks, args, desc="edits") -> list[np.ndarray]:
     """Edit every row (``tasks``: one per row, or None for the classifier); (H, W, 3) arrays in [0, 1]."""
     import torch
+    from tqdm.auto import tqdm
 
     outs = []
-    for start in range(0, len(rows), args.batch):
+    for start in tqdm(range(0, len(rows), args.batch), desc=desc, unit="batch"):
         chunk = rows[start : start + args.batch]
         task = None if tasks is None else tasks[start : start + args.batch]
         res = pipe([r["edit_prompt"] for r in chunk], [r["input_image"] for r in chunk], task=task,
@@ -118,9 +119,10 @@ def overall(table: dict) -> dict:
 def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
     from multiedit.datagen.shapes.edits import REGION_TASKS
 
-    true_out = run_edits(pipe, rows, [r["task"] for r in rows], args)
+    true_out = run_edits(pipe, rows, [r["task"] for r in rows], args, "held-out wordings")
     table = score(rows, true_out)
-    seen = score(seen_rows, run_edits(pipe, seen_rows, [r["task"] for r in seen_rows], args)) if seen_rows else None
+    seen = score(seen_rows, run_edits(pipe, seen_rows, [r["task"] for r in seen_rows], args,
+                                          "training wordings")) if seen_rows else None
     lines = ["## 1. Per-task edit accuracy (test split)", "",
              f"{args.n} edits per task on test scenes with the held-out wordings; L1 = mean |edit − exact target| "
              "(pixels in [0, 1]); identity = output the input; outside = mean change outside the edited region "
@@ -150,9 +152,10 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
     # Part 2: the same rows with the classifier's task, and with a model trained without task information.
     variants = {"true task": table}
     if pipe.task_classifier is not None:
-        variants["classifier's task"] = score(rows, run_edits(pipe, rows, None, args))
+        variants["classifier's task"] = score(rows, run_edits(pipe, rows, None, args, "classifier's task"))
     if notask_pipe is not None:  # trained with one label ("local") for every sample: the table carries nothing
-        variants["no task embedding"] = score(rows, run_edits(notask_pipe, rows, ["local"] * len(rows), args))
+        variants["no task embedding"] = score(rows, run_edits(notask_pipe, rows, ["local"] * len(rows), args,
+                                                                 "no task embedding"))
     names = list(variants)
     lines += ["", "## 2. Task conditioning (Emu Edit Table 3 in miniature)", "",
               "L1 per task (lower is better). *no task embedding*: the same architecture, data and steps, every "
@@ -215,7 +218,8 @@ def part_inversion(model_dir, args):
                                                loss_type=loss_type))
                 pipe = load_pipeline(model_dir, [emb])
                 pipe.set_progress_bar_config(disable=True)
-                o = overall(score(task_rows, run_edits(pipe, task_rows, [task] * len(task_rows), args)))
+                o = overall(score(task_rows, run_edits(pipe, task_rows, [task] * len(task_rows), args,
+                                                                  f"{task}, inverted from {k}")))
                 results[task][k] = (o["l1"], o["psnr"])
         # full fine-tuning on 100 examples of both tasks, from the same model with two new (zero) task rows
         base = MultiEditPipeline.from_pretrained(str(model_dir))
@@ -231,7 +235,8 @@ def part_inversion(model_dir, args):
         ft.set_progress_bar_config(disable=True)
         for task in tasks:
             task_rows = [r for r in rows if r["task"] == task]
-            o = overall(score(task_rows, run_edits(ft, task_rows, [task] * len(task_rows), args)))
+            o = overall(score(task_rows, run_edits(ft, task_rows, [task] * len(task_rows), args,
+                                                                f"{task}, fine-tuned")))
             results[task]["finetune"] = (o["l1"], o["psnr"])
     for task in tasks:
         r = results[task]

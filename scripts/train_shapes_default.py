@@ -21,9 +21,10 @@ What it does, with the settings of the committed model (seed 0):
 5. The pipeline (with classifier) is saved to ``--out`` (default: the embedded default-model folder),
    with ``training_time.json`` (settings and the wall time of each stage).
 
-Time: about 30 min for the UNet (1.1 steps/s; 65 min on a 2-core machine half as fast) and 1-2 min for
-the rest; see ``training_time.json`` for the committed run. Everything is seeded; on the same machine and library
-versions a rerun gives the same weights, elsewhere the same quality within noise.
+Time: 30-65 min for the UNet on 2 CPU cores (the committed run: 51 min, 0.65 steps/s; the same machine type
+has run the earlier L2 settings at 1.1 steps/s) and under a minute for the rest; see ``training_time.json``
+for the committed run. Everything is seeded; on the same machine and library versions a rerun gives the same
+weights, elsewhere the same quality within noise.
 """
 
 from __future__ import annotations
