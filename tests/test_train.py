@@ -343,36 +343,47 @@ def test_prompt_token_noise_replaces_words_only_and_at_its_rate(zoo):
         TrainConfig(model="m", dataset="d", out="o", prompt_token_noise=1.0)
 
 
-def test_snr_gamma_caps_the_x0_weight_alike_for_v_and_x0_models(zoo):
-    """``snr_gamma`` = γ weights each sample's x0 error by min(1 + SNR, γ), whichever way the model is
-    parameterised: an x0 model and a v model whose outputs imply the same x̂0 get the same capped loss. Steps
-    with 1 + SNR ≤ γ keep the plain v-loss weight; the low-noise steps (1 + SNR up to ~1000) are capped at γ."""
+class _FixedOutput(torch.nn.Module):
+    """A "UNet" that returns a given tensor, whatever the parameterisation it stands for."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, *args, **kwargs):
+        return type("Out", (), {"sample": self.out})()
+
+
+def _x0_estimate_case():
+    """Targets, noise, an x0 estimate 0.1 off and timesteps from t = 0 to T (both sides of an SNR cap)."""
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
     x0_hat = x0 + 0.1 * torch.randn(4, 4, 8, 8, generator=g)
     t = torch.tensor([0, 10, 500, 999])
     cond = Conditioning(torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 77, 32, generator=g),
                         torch.zeros(1, 77, 32), torch.tensor([0, 1, 0, 1]))
+    return x0, noise, x0_hat, t, cond
 
-    class Fixed(torch.nn.Module):  # a "UNet" that outputs a given tensor, in either parameterisation
-        def __init__(self, out):
-            super().__init__()
-            self.out = out
 
-        def forward(self, *args, **kwargs):
-            return type("Out", (), {"sample": self.out})()
+def _loss_of_x0_estimate(kind, x0, noise, x0_hat, t, cond, **kw):
+    """``diffusion_loss`` of a ``kind`` model (``sample`` or ``v_prediction``) whose output implies ``x0_hat``."""
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                          beta_end=0.012, rescale_betas_zero_snr=True, prediction_type=kind)
+    a = sched.alphas_cumprod[t].sqrt()[:, None, None, None]
+    s = (1 - sched.alphas_cumprod[t]).sqrt()[:, None, None, None]
+    out = x0_hat if kind == "sample" else a * (sched.add_noise(x0, noise, t) - a * x0_hat) / s - s * x0_hat
+    return diffusion_loss(_FixedOutput(out), sched, x0, cond, dropout=0, noise=noise, timesteps=t, **kw), sched
 
+
+def test_snr_gamma_caps_the_x0_weight_alike_for_v_and_x0_models(zoo):
+    """``snr_gamma`` = γ weights each sample's x0 error by min(1 + SNR, γ), whichever way the model is
+    parameterised: an x0 model and a v model whose outputs imply the same x̂0 get the same capped loss. Steps
+    with 1 + SNR ≤ γ keep the plain v-loss weight; the low-noise steps (1 + SNR up to ~1000) are capped at γ."""
+    x0, noise, x0_hat, t, cond = _x0_estimate_case()
     losses = {}
     for kind in ("sample", "v_prediction"):
-        sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, rescale_betas_zero_snr=True, prediction_type=kind)
-        a = sched.alphas_cumprod[t].sqrt()[:, None, None, None]
-        s = (1 - sched.alphas_cumprod[t]).sqrt()[:, None, None, None]
-        noisy = sched.add_noise(x0, noise, t)
-        out = x0_hat if kind == "sample" else a * (noisy - a * x0_hat) / s - s * x0_hat
         for gamma in (None, 5.0):
-            losses[kind, gamma] = diffusion_loss(Fixed(out), sched, x0, cond, dropout=0, noise=noise, timesteps=t,
-                                                 snr_gamma=gamma)
+            losses[kind, gamma], sched = _loss_of_x0_estimate(kind, x0, noise, x0_hat, t, cond, snr_gamma=gamma)
     x0_weight = 1 / (1 - sched.alphas_cumprod[t])
     per_sample = ((x0_hat - x0) ** 2).flatten(1).mean(1)
     for gamma, w in ((None, x0_weight), (5.0, x0_weight.clamp_max(5.0))):
@@ -383,7 +394,7 @@ def test_snr_gamma_caps_the_x0_weight_alike_for_v_and_x0_models(zoo):
 
     sched = DDPMScheduler(num_train_timesteps=1000, prediction_type="epsilon")
     with pytest.raises(ValueError, match="snr_gamma needs a v_prediction or sample model"):
-        diffusion_loss(Fixed(noise), sched, x0, cond, dropout=0, noise=noise, timesteps=t, snr_gamma=5.0)
+        diffusion_loss(_FixedOutput(noise), sched, x0, cond, dropout=0, noise=noise, timesteps=t, snr_gamma=5.0)
 
 
 def test_cli_rejects_snr_gamma_on_an_epsilon_model_and_below_one(zoo, data, tmp_path, capsys):
@@ -402,28 +413,10 @@ def test_loss_type_penalises_the_implied_v_error_alike_for_v_and_x0_models(loss_
     """``l1`` and ``huber`` penalise √(1 + SNR)·(x̂0 − x0), the v error an x̂0 implies, so a v model and an x0
     model with the same x̂0 get the same loss; ``l1`` is exactly the mean weighted absolute error, and the
     pseudo-Huber is the squared error for a large c and 2c·|err| for a small one."""
-    g = torch.Generator().manual_seed(0)
-    x0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
-    x0_hat = x0 + 0.1 * torch.randn(4, 4, 8, 8, generator=g)
-    t = torch.tensor([0, 10, 500, 999])
-    cond = Conditioning(torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 77, 32, generator=g),
-                        torch.zeros(1, 77, 32), torch.tensor([0, 1, 0, 1]))
-
-    class Fixed(torch.nn.Module):
-        def __init__(self, out):
-            super().__init__()
-            self.out = out
-
-        def forward(self, *args, **kwargs):
-            return type("Out", (), {"sample": self.out})()
+    x0, noise, x0_hat, t, cond = _x0_estimate_case()
 
     def loss(kind, **kw):
-        sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, rescale_betas_zero_snr=True, prediction_type=kind)
-        a = sched.alphas_cumprod[t].sqrt()[:, None, None, None]
-        s = (1 - sched.alphas_cumprod[t]).sqrt()[:, None, None, None]
-        out = x0_hat if kind == "sample" else a * (sched.add_noise(x0, noise, t) - a * x0_hat) / s - s * x0_hat
-        return diffusion_loss(Fixed(out), sched, x0, cond, dropout=0, noise=noise, timesteps=t, **kw), sched
+        return _loss_of_x0_estimate(kind, x0, noise, x0_hat, t, cond, **kw)
 
     got, sched = loss("sample", loss_type=loss_type)
     torch.testing.assert_close(loss("v_prediction", loss_type=loss_type)[0], got, rtol=1e-3, atol=0)
