@@ -324,6 +324,8 @@ def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(
     model, 0.76× with the squared loss on the earlier L2 model, where 120 steps or lr 2e-2 gave 0.77–0.78: this
     is where one vector levels off). A vector left at zero, another row trained, or a
     gradient reaching the backbone instead would not give this."""
+    import json
+
     import torch
     from diffusers import DDPMScheduler
 
@@ -334,10 +336,12 @@ def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(
     from multiedit.training.encoding import Encoder
     from multiedit.training.objective import diffusion_loss
 
+    # invert and score with the penalty the committed model was trained with, as its script recorded it
+    loss_type = json.loads((default_model() / "training_time.json").read_text())["loss_type"]
     data = write_shapes_dataset(tmp_path / "sepia", ["sepia"], 4, seed=0, progress=False)
     out = invert_task(InvertConfig(model=str(default_model()), examples=str(data), name="sepia", out=str(tmp_path / "e"),
                                    steps=60, lr=5e-2, batch_size=4, conditioning_dropout=0.0, cache_variants=1,
-                                   augment="none", random_flip=False, loss_type="l1"))
+                                   augment="none", random_flip=False, loss_type=loss_type))
     pipe = MultiEditPipeline.from_pretrained(default_model())
     pipe.load_task_embedding(out)
     rows = [make_example("sepia", i, seed=0) for i in range(4)]  # the examples themselves
@@ -359,7 +363,7 @@ def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(
             with torch.no_grad():
                 total += diffusion_loss(pipe.unet, sched, target, cond, dropout=0.0, generator=g, residual=True,
                                         scaling_factor=pipe.vae.config.scaling_factor,
-                                        timesteps=torch.full((4,), t), loss_type="l1").item()
+                                        timesteps=torch.full((4,), t), loss_type=loss_type).item()
         return total / 6
 
     learned = loss()
