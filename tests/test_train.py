@@ -408,11 +408,12 @@ def test_cli_rejects_snr_gamma_on_an_epsilon_model_and_below_one(zoo, data, tmp_
     assert "snr_gamma=0.5 must be at least 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("loss_type", ["l1", "huber"])
+@pytest.mark.parametrize("loss_type", ["l1", "huber", "berhu"])
 def test_loss_type_penalises_the_implied_v_error_alike_for_v_and_x0_models(loss_type):
-    """``l1`` and ``huber`` penalise √(1 + SNR)·(x̂0 − x0), the v error an x̂0 implies, so a v model and an x0
-    model with the same x̂0 get the same loss; ``l1`` is exactly the mean weighted absolute error, and the
-    pseudo-Huber is the squared error for a large c and 2c·|err| for a small one."""
+    """``l1``, ``huber`` and ``berhu`` penalise √(1 + SNR)·(x̂0 − x0), the v error an x̂0 implies, so a v model
+    and an x0 model with the same x̂0 get the same loss; ``l1`` is exactly the mean weighted absolute error, the
+    pseudo-Huber is the squared error for a large c and 2c·|err| for a small one, and the reverse Huber is
+    |err| for a large c and err²/(2c) for a small one."""
     x0, noise, x0_hat, t, cond = _x0_estimate_case()
 
     def loss(kind, **kw):
@@ -425,6 +426,12 @@ def test_loss_type_penalises_the_implied_v_error_alike_for_v_and_x0_models(loss_
     if loss_type == "l1":
         torch.testing.assert_close(got, err.mean(), rtol=1e-4, atol=0)
         assert not torch.allclose(got, loss("sample")[0], rtol=0.1)  # not the squared error
+    elif loss_type == "berhu":
+        torch.testing.assert_close(got, torch.where(err <= 0.1, err, (err**2 + 0.01) / 0.2).mean(), rtol=1e-4, atol=0)
+        assert (err > 0.1).any() and (err <= 0.1).any()  # both branches are exercised
+        torch.testing.assert_close(loss("sample", loss_type="berhu", huber_c=1e3)[0], err.mean(), rtol=1e-4, atol=0)
+        torch.testing.assert_close(loss("sample", loss_type="berhu", huber_c=1e-4)[0], (err**2).mean() / 2e-4,
+                                   rtol=1e-3, atol=0)
     else:
         torch.testing.assert_close(got, (2 * 0.1 * (torch.sqrt(err**2 + 0.01) - 0.1)).mean(), rtol=1e-4, atol=0)
         torch.testing.assert_close(loss("sample", loss_type="huber", huber_c=1e3)[0], loss("sample")[0], rtol=1e-3, atol=0)

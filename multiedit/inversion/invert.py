@@ -43,9 +43,9 @@ class InvertConfig:
     augment: str = _f("ip2p", "Augmentation, as in training: ip2p (random resize in [res, res*9/8] and crop) or none.")
     random_flip: bool = _f(True, "Random horizontal flip of both images (turn off when instructions say left/right).")
     cache_variants: int = _f(4, "Augmented variants encoded once per example.")
-    loss_type: str = _f("l2", "Penalty of the prediction error, as the model was trained (train --loss-type): l2, l1 "
-                              "or huber.", choices=["l2", "l1", "huber"])
-    huber_c: float = _f(0.1, "The pseudo-Huber threshold c (loss_type=huber).")
+    loss_type: str = _f("l2", "Penalty of the prediction error, as the model was trained (train --loss-type): l2, l1, "
+                              "huber or berhu.", choices=["l2", "l1", "huber", "berhu"])
+    huber_c: float = _f(0.1, "The threshold c of loss_type huber and berhu, as in training.")
     seed: int = _f(0, "Random seed.")
     checkpoint_steps: int = _f(100, "Save a resumable checkpoint every N steps (rerun the same command to resume).")
 
@@ -59,8 +59,8 @@ class InvertConfig:
 
         if self.augment not in AUGMENT_MODES:
             raise MultiEditError(f"--augment {self.augment!r}: use {' or '.join(AUGMENT_MODES)}.")
-        if self.loss_type not in ("l2", "l1", "huber"):
-            raise MultiEditError(f"--loss-type {self.loss_type!r}: use l2, l1 or huber.")
+        if self.loss_type not in ("l2", "l1", "huber", "berhu"):
+            raise MultiEditError(f"--loss-type {self.loss_type!r}: use l2, l1, huber or berhu.")
         if not self.huber_c > 0:
             raise MultiEditError(f"--huber-c {self.huber_c} must be positive.")
 

@@ -57,11 +57,13 @@ class TrainConfig:
     snr_gamma: float | None = _f(None, "v and x0 models: cap each sample's x0-error weight 1+SNR at this value "
                                        "(Min-SNR-γ on 1+SNR, so t=T keeps its weight), giving the high-noise steps "
                                        "more of the gradient. Default: off (the plain v-loss).")
-    loss_type: str = _f("l2", "Penalty of the prediction error: l2 (squared, as IP2P), l1, or huber (pseudo-Huber "
-                              "with --huber-c, as diffusers' scripts). l1 keeps pulling small errors to 0, e.g. "
-                              "the change outside an edited region under residual diffusion.",
-                        choices=["l2", "l1", "huber"])
-    huber_c: float = _f(0.1, "The pseudo-Huber threshold c (loss_type=huber): quadratic below, linear above.")
+    loss_type: str = _f("l2", "Penalty of the prediction error: l2 (squared, as IP2P), l1, huber (pseudo-Huber "
+                              "with --huber-c, as diffusers' scripts) or berhu (reverse Huber: l1 up to --huber-c, "
+                              "squared beyond). l1 keeps pulling small errors to 0, e.g. the change outside an "
+                              "edited region under residual diffusion; berhu also pushes hard on large misses.",
+                        choices=["l2", "l1", "huber", "berhu"])
+    huber_c: float = _f(0.1, "The threshold c of loss_type huber (quadratic below, linear above) and berhu (linear "
+                             "below, quadratic above).")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
     use_ema: bool = _f(False, "Keep an EMA of the trained weights; the saved pipeline uses it.")
@@ -94,8 +96,8 @@ class TrainConfig:
             raise MultiEditError(f"prompt_token_noise={self.prompt_token_noise} must be in [0, 1).")
         if self.snr_gamma is not None and not self.snr_gamma >= 1:
             raise MultiEditError(f"snr_gamma={self.snr_gamma} must be at least 1 (the weight at t=T is 1).")
-        if self.loss_type not in ("l2", "l1", "huber"):
-            raise MultiEditError(f"loss_type={self.loss_type!r}; use l2, l1 or huber.")
+        if self.loss_type not in ("l2", "l1", "huber", "berhu"):
+            raise MultiEditError(f"loss_type={self.loss_type!r}; use l2, l1, huber or berhu.")
         if not self.huber_c > 0:
             raise MultiEditError(f"huber_c={self.huber_c} must be positive.")
         if self.resolution % 8:

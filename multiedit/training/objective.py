@@ -16,7 +16,7 @@ import torch.nn.functional as F
 # The scheduler parameterisations diffusion_loss trains (``from_base`` accepts the same).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # The per-element penalties of the prediction error (``loss_type``): see ``penalty``.
-LOSS_TYPES = ("l2", "l1", "huber")
+LOSS_TYPES = ("l2", "l1", "huber", "berhu")
 
 
 def dropout_masks(u: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,19 +115,27 @@ def diffusion_loss(
 
 
 def penalty(err: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1) -> torch.Tensor:
-    """Per-element penalty of a prediction error: ``l2`` err², ``l1`` |err|, or ``huber``, the pseudo-Huber
+    """Per-element penalty of a prediction error: ``l2`` err², ``l1`` |err|, ``huber``, the pseudo-Huber
     2c·(√(err² + c²) − c) — err² for |err| ≪ c, 2c·|err| beyond (the scaling diffusers' training scripts use
-    for their ``--loss_type huber``, so ``huber_c`` means the same).
+    for their ``--loss_type huber``, so ``huber_c`` means the same), or ``berhu``, the reverse Huber (Owen
+    2007; Laina et al. 2016): |err| up to c, (err² + c²)/(2c) beyond — continuous, with slope 1 at c.
 
     Squared error has a gradient that vanishes as the error does, so small errors spread over many elements
     cost almost nothing next to a few large ones. Where most of the target is exactly 0 — residual diffusion
     outside an edited region — ``l1`` keeps pulling those elements to 0 with a constant force, and its optimal
-    point estimate is the conditional median rather than the mean.
+    point estimate is the conditional median rather than the mean. But that constant force also acts on
+    noise the model lets through: at low noise, a model copying a sparse change out of x_t leaks the noise
+    into every unchanged element, and with l1 those many small errors outweigh the few large ones in the
+    edited region, so the model learns to copy nothing. ``berhu`` keeps l1 for small errors and penalises
+    large ones quadratically, so a missed edit costs more than its leak.
     """
     if loss_type == "l2":
         return err**2
     if loss_type == "l1":
         return err.abs()
+    if loss_type == "berhu":
+        a = err.abs()
+        return torch.where(a <= huber_c, a, (err**2 + huber_c**2) / (2 * huber_c))
     return 2 * huber_c * (torch.sqrt(err**2 + huber_c**2) - huber_c)
 
 
