@@ -13,7 +13,9 @@ shape is meant) and the training wordings, it noises the exact change ``z_edit �
 - ``estimate out``: the mean |estimate| outside the region (should be 0).
 
 A denoiser that reads its input has ``error in`` near the noise level (√(1 − ᾱ_t)) at small t, where the
-noised change is almost the answer; one that ignores it keeps ``estimate in`` near 0 at every t.
+noised change is almost the answer; one that ignores it keeps ``estimate in`` near 0 at every t. Last, the same
+scenes are edited end to end with the benchmark's settings (DDIM 25, guidance 1.5, image guidance 1.0, seed 0)
+and their L1 printed next to the identity edit's.
 """
 
 from __future__ import annotations
@@ -91,6 +93,13 @@ def main(argv=None) -> int:
                             class_labels=ids).sample
             print(f"{t:4d} {float((1 - acp[t]).sqrt()):6.3f} {inside(change, region):10.3f} "
                   f"{inside(est, region):12.3f} {inside(est - change, region):9.3f} {inside(est, 1 - region):13.4f}")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe([r["edit_prompt"] for r in rows], [r["input_image"] for r in rows], task=[args.task] * len(rows),
+               num_inference_steps=25, guidance_scale=1.5, image_guidance_scale=1.0,
+               generator=torch.Generator().manual_seed(0), output_type="np").images
+    tgt, src_px = (np.stack([np.asarray(r[k], dtype=np.float64) / 255 for r in rows])
+                   for k in ("edited_image", "input_image"))
+    print(f"edited end to end: L1 {np.abs(out - tgt).mean():.4f}, identity {np.abs(src_px - tgt).mean():.4f}")
     return 0
 
 
