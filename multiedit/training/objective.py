@@ -127,7 +127,8 @@ def penalty(err: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1) -> t
     noise the model lets through: at low noise, a model copying a sparse change out of x_t leaks the noise
     into every unchanged element, and with l1 those many small errors outweigh the few large ones in the
     edited region, so the model learns to copy nothing. ``berhu`` keeps l1 for small errors and penalises
-    large ones quadratically, so a missed edit costs more than its leak.
+    large ones quadratically, so a missed edit costs more than its leak (on ShapesWorld it restores the
+    copying but lets more change through outside the region: see the README).
     """
     if loss_type == "l2":
         return err**2
