@@ -12,6 +12,9 @@ shape is meant) and the training wordings, it noises the exact change ``z_edit �
 - ``estimate in`` / ``error in``: the mean |estimate| and |estimate − change| there;
 - ``estimate out``: the mean |estimate| outside the region (should be 0).
 
+The row ``999/0`` repeats t = 999 with an all-zero input instead of noise: at t = T the input holds no signal,
+so whatever the model gets right there it gets from the source and the instruction alone.
+
 A denoiser that reads its input has ``error in`` near the noise level (√(1 − ᾱ_t)) at small t, where the
 noised change is almost the answer; one that ignores it keeps ``estimate in`` near 0 at every t. Last, the same
 scenes are edited end to end with the benchmark's settings (DDIM 25, guidance 1.5, image guidance 1.0, seed 0)
@@ -86,12 +89,16 @@ def main(argv=None) -> int:
 
         print(f"{args.task}, {len(rows)} test scenes with {args.shapes} shape(s), training wordings; "
               f"model: {args.model or 'default'}")
-        print(f"{'t':>4} {'noise':>6} {'change in':>10} {'estimate in':>12} {'error in':>9} {'estimate out':>13}")
-        for t in TIMESTEPS:
-            noisy = acp[t].sqrt() * change + (1 - acp[t]).sqrt() * noise
+        print(f"{'t':>5} {'noise':>6} {'change in':>10} {'estimate in':>12} {'error in':>9} {'estimate out':>13}")
+        for t, zero_input in [(t, False) for t in TIMESTEPS] + [(999, True)]:
+            if zero_input:
+                noisy = torch.zeros_like(change)
+            else:
+                noisy = acp[t].sqrt() * change + (1 - acp[t]).sqrt() * noise
             est = pipe.unet(torch.cat([noisy, src], 1), torch.full((len(rows),), t), encoder_hidden_states=text,
                             class_labels=ids).sample
-            print(f"{t:4d} {float((1 - acp[t]).sqrt()):6.3f} {inside(change, region):10.3f} "
+            label = f"{t}/0" if zero_input else f"{t}"
+            print(f"{label:>5} {float((1 - acp[t]).sqrt()):6.3f} {inside(change, region):10.3f} "
                   f"{inside(est, region):12.3f} {inside(est - change, region):9.3f} {inside(est, 1 - region):13.4f}")
     pipe.set_progress_bar_config(disable=True)
     out = pipe([r["edit_prompt"] for r in rows], [r["input_image"] for r in rows], task=[args.task] * len(rows),
