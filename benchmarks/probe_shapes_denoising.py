@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
+    from bench_shapes_quality import arr, metrics
 
     from multiedit.editing import load_pipeline
 
@@ -104,9 +105,9 @@ def main(argv=None) -> int:
     out = pipe([r["edit_prompt"] for r in rows], [r["input_image"] for r in rows], task=[args.task] * len(rows),
                num_inference_steps=25, guidance_scale=1.5, image_guidance_scale=1.0,
                generator=torch.Generator().manual_seed(0), output_type="np").images
-    tgt, src_px = (np.stack([np.asarray(r[k], dtype=np.float64) / 255 for r in rows])
-                   for k in ("edited_image", "input_image"))
-    print(f"edited end to end: L1 {np.abs(out - tgt).mean():.4f}, identity {np.abs(src_px - tgt).mean():.4f}")
+    model = np.mean([metrics(o.astype(np.float64), r)["l1"] for o, r in zip(out, rows)])
+    identity = np.mean([metrics(arr(r["input_image"]), r)["l1"] for r in rows])
+    print(f"edited end to end: L1 {model:.4f}, identity {identity:.4f}")
     return 0
 
 

@@ -40,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from multiedit.training.config import LOSS_TYPES  # noqa: E402  (after the path insert)
+
 DEFAULT_OUT = ROOT / "multiedit" / "assets" / "default-model"
 
 
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
     ap.add_argument("--snr-gamma", type=float, default=None,
                     help="Cap the x0-error weight 1+SNR at this value (TrainConfig.snr_gamma; default: off).")
-    ap.add_argument("--loss-type", default="l1", choices=["l2", "l1", "huber", "berhu"],
+    ap.add_argument("--loss-type", default="l1", choices=list(LOSS_TYPES),
                     help="Penalty of the prediction error (TrainConfig.loss_type; the committed model: l1).")
     ap.add_argument("--huber-c", type=float, default=0.1,
                     help="Threshold c of --loss-type huber / berhu (TrainConfig.huber_c).")

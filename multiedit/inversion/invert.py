@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MultiEditError
 from ..task_unet import task_table
+from ..training.config import AUGMENT_MODES, LOSS_TYPES, one_of
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class InvertConfig:
     random_flip: bool = _f(True, "Random horizontal flip of both images (turn off when instructions say left/right).")
     cache_variants: int = _f(4, "Augmented variants encoded once per example.")
     loss_type: str = _f("l2", "Penalty of the prediction error, as the model was trained (train --loss-type): l2, l1, "
-                              "huber or berhu.", choices=["l2", "l1", "huber", "berhu"])
+                              "huber or berhu.", choices=list(LOSS_TYPES))
     huber_c: float = _f(0.1, "The threshold c of loss_type huber and berhu, as in training.")
     seed: int = _f(0, "Random seed.")
     checkpoint_steps: int = _f(100, "Save a resumable checkpoint every N steps (rerun the same command to resume).")
@@ -55,12 +56,10 @@ class InvertConfig:
                 raise MultiEditError(f"invert-task needs --{name}.")
         if self.steps < 1 or self.batch_size < 1:
             raise MultiEditError("--steps and --batch-size must be at least 1.")
-        from ..training.config import AUGMENT_MODES
-
         if self.augment not in AUGMENT_MODES:
             raise MultiEditError(f"--augment {self.augment!r}: use {' or '.join(AUGMENT_MODES)}.")
-        if self.loss_type not in ("l2", "l1", "huber", "berhu"):
-            raise MultiEditError(f"--loss-type {self.loss_type!r}: use l2, l1, huber or berhu.")
+        if self.loss_type not in LOSS_TYPES:
+            raise MultiEditError(f"--loss-type {self.loss_type!r}: use {one_of(LOSS_TYPES)}.")
         if not self.huber_c > 0:
             raise MultiEditError(f"--huber-c {self.huber_c} must be positive.")
 

@@ -14,6 +14,13 @@ from ..errors import MultiEditError
 
 #: ``augment`` values of training and inversion (see ``EditPairs.augment``).
 AUGMENT_MODES = ("ip2p", "none")
+# The per-element penalties of the prediction error (``loss_type``): see ``objective.penalty``.
+LOSS_TYPES = ("l2", "l1", "huber", "berhu")
+
+
+def one_of(values) -> str:
+    """``("a", "b", "c")`` → ``"a, b or c"``, for error messages."""
+    return f"{', '.join(values[:-1])} or {values[-1]}" if len(values) > 1 else values[0]
 
 
 def _f(default, help: str, **kw):
@@ -61,7 +68,7 @@ class TrainConfig:
                               "with --huber-c, as diffusers' scripts) or berhu (reverse Huber: l1 up to --huber-c, "
                               "squared beyond). l1 keeps pulling small errors to 0, e.g. the change outside an "
                               "edited region under residual diffusion; berhu also pushes hard on large misses.",
-                        choices=["l2", "l1", "huber", "berhu"])
+                        choices=list(LOSS_TYPES))
     huber_c: float = _f(0.1, "The threshold c of loss_type huber (quadratic below, linear above) and berhu (linear "
                              "below, quadratic above).")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
@@ -96,8 +103,8 @@ class TrainConfig:
             raise MultiEditError(f"prompt_token_noise={self.prompt_token_noise} must be in [0, 1).")
         if self.snr_gamma is not None and not self.snr_gamma >= 1:
             raise MultiEditError(f"snr_gamma={self.snr_gamma} must be at least 1 (the weight at t=T is 1).")
-        if self.loss_type not in ("l2", "l1", "huber", "berhu"):
-            raise MultiEditError(f"loss_type={self.loss_type!r}; use l2, l1, huber or berhu.")
+        if self.loss_type not in LOSS_TYPES:
+            raise MultiEditError(f"loss_type={self.loss_type!r}; use {one_of(LOSS_TYPES)}.")
         if not self.huber_c > 0:
             raise MultiEditError(f"huber_c={self.huber_c} must be positive.")
         if self.resolution % 8:

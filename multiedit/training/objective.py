@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .config import LOSS_TYPES
+
 # The scheduler parameterisations diffusion_loss trains (``from_base`` accepts the same).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-# The per-element penalties of the prediction error (``loss_type``): see ``penalty``.
-LOSS_TYPES = ("l2", "l1", "huber", "berhu")
 
 
 def dropout_masks(u: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
