@@ -63,9 +63,13 @@ def main(argv=None) -> int:
     from bench_shapes_quality import arr, metrics
 
     from multiedit.editing import load_pipeline
+    from multiedit.errors import MultiEditError
 
     torch.set_num_threads(2)
-    pipe = load_pipeline(args.model)
+    try:
+        pipe = load_pipeline(args.model)
+    except MultiEditError as e:  # a bad --model: its one sentence, no traceback
+        raise SystemExit(str(e)) from None
     if not pipe.config.get("residual", False) or pipe.scheduler.config.prediction_type != "sample":
         raise SystemExit(f"{args.model or 'the default model'} is not a residual x0 model; this probe reads its "
                          "output as the estimated change.")

@@ -78,6 +78,9 @@ def main(argv=None) -> int:
                     help="Penalty of the prediction error (TrainConfig.loss_type; the committed model: l1).")
     ap.add_argument("--huber-c", type=float, default=0.1,
                     help="Threshold c of --loss-type huber / berhu (TrainConfig.huber_c).")
+    ap.add_argument("--l2-warmup-steps", type=int, default=0,
+                    help="Train with the squared error for the first N steps, then --loss-type "
+                         "(TrainConfig.l2_warmup_steps).")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
         ema_decay=0.999, cache_latents=True, cache_variants=1, augment="none", random_flip=False, seed=args.seed,
         report_to="none", checkpointing_steps=250, checkpoints_total_limit=1, num_validation_samples=4,
         validation_inference_steps=10, snr_gamma=args.snr_gamma, loss_type=args.loss_type,
-        huber_c=args.huber_c,
+        huber_c=args.huber_c, l2_warmup_steps=args.l2_warmup_steps,
         resume="latest" if (run / "checkpoints").is_dir() else None,
     )
     train(cfg)

@@ -387,7 +387,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     args = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "model"), "--per-task", "2", "--max-steps", "2",
-            "--batch-size", "4", "--classifier-epochs", "1", "--huber-c", "0.2"]
+            "--batch-size", "4", "--classifier-epochs", "1", "--huber-c", "0.2",
+            "--l2-warmup-steps", "1"]
     assert script.main(args) == 0
     settings = json.loads((tmp_path / "model" / "training_time.json").read_text())
     assert settings["max_steps"] == 2 and settings["seed"] == 0 and settings["times"]["unet_s"] > 0
@@ -395,6 +396,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert run["max_steps"] == 2 and run["use_ema"] and run["augment"] == "none" and not run["random_flip"]
     assert run["loss_type"] == settings["loss_type"] == "l1"  # the committed model's penalty, recorded for inversion
     assert run["huber_c"] == settings["huber_c"] == 0.2  # --huber-c reaches the training config
+    assert run["l2_warmup_steps"] == settings["l2_warmup_steps"] == 1  # and so does --l2-warmup-steps
     pipe = MultiEditPipeline.from_pretrained(tmp_path / "model")
     assert pipe.task_classifier is not None and pipe.config.residual
     classifier_mtime = (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime

@@ -440,6 +440,26 @@ def test_loss_type_penalises_the_implied_v_error_alike_for_v_and_x0_models(loss_
         loss("sample", loss_type="l3")
 
 
+def test_l2_warmup_trains_the_squared_error_first_then_the_loss_type(zoo, data, tmp_path, capsys):
+    """``--l2-warmup-steps N`` makes steps 1..N plain l2 and the rest ``--loss-type``: with N = max_steps an l1
+    run is bit for bit the l2 run, with N = 1 it is neither the l2 nor the plain l1 run; N < 0 is refused."""
+    args = ["train", "--model", str(zoo("pipeline")), "--dataset", str(data), "--resolution", "32",
+            "--max-steps", "2", "--batch-size", "2", "--num-validation-samples", "0", "--report-to", "none"]
+    runs = {"l2": ["--loss-type", "l2"], "l1": ["--loss-type", "l1"],
+            "l1-warm2": ["--loss-type", "l1", "--l2-warmup-steps", "2"],
+            "l1-warm1": ["--loss-type", "l1", "--l2-warmup-steps", "1"]}
+    for name, extra in runs.items():
+        assert main(args + ["--out", str(tmp_path / name)] + extra) == 0, capsys.readouterr().err
+    w = {name: unet_weights(tmp_path / name) for name in runs}
+    assert all(torch.equal(w["l1-warm2"][k], w["l2"][k]) for k in w["l2"])
+    for other in ("l2", "l1"):
+        assert any(not torch.equal(w["l1-warm1"][k], w[other][k]) for k in w[other]), other
+    assert json.loads((tmp_path / "l1-warm1" / "training_config.json").read_text())["l2_warmup_steps"] == 1
+    assert main(args + ["--out", str(tmp_path / "bad"), "--l2-warmup-steps", "-1"]) != 0
+    err = capsys.readouterr().err
+    assert "l2_warmup_steps=-1 must be 0 or more" in err and "Traceback" not in err
+
+
 def test_cli_trains_with_the_loss_type_and_rejects_a_bad_huber_c(zoo, data, tmp_path, capsys):
     """``--loss-type`` reaches the training step: the same seeded run with l1 ends with other weights than with
     l2, and the run's config records it; a non-positive ``--huber-c`` is refused before training."""

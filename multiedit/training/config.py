@@ -71,6 +71,10 @@ class TrainConfig:
                         choices=list(LOSS_TYPES))
     huber_c: float = _f(0.1, "The threshold c of loss_type huber (quadratic below, linear above) and berhu (linear "
                              "below, quadratic above).")
+    l2_warmup_steps: int = _f(0, "Train with the squared error (l2) for the first N steps, then with --loss-type. "
+                                 "l1 from scratch on sparse targets (residual diffusion of a small edited region) "
+                                 "collapses to predicting no change: its constant pull on the many unchanged elements "
+                                 "shrinks every output direction before features that find the region exist.")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
     use_ema: bool = _f(False, "Keep an EMA of the trained weights; the saved pipeline uses it.")
@@ -107,6 +111,8 @@ class TrainConfig:
             raise MultiEditError(f"loss_type={self.loss_type!r}; use {one_of(LOSS_TYPES)}.")
         if not self.huber_c > 0:
             raise MultiEditError(f"huber_c={self.huber_c} must be positive.")
+        if self.l2_warmup_steps < 0:
+            raise MultiEditError(f"l2_warmup_steps={self.l2_warmup_steps} must be 0 or more.")
         if self.resolution % 8:
             raise MultiEditError(f"resolution={self.resolution} must be a multiple of 8.")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "cache_variants"):

@@ -58,6 +58,11 @@ class _Indices(torch.utils.data.Dataset):
         return i
 
 
+def loss_type_at(cfg: TrainConfig, step: int) -> str:
+    """The penalty of optimisation step ``step`` (0-based): ``l2`` during ``l2_warmup_steps``, then ``loss_type``."""
+    return "l2" if step < cfg.l2_warmup_steps else cfg.loss_type
+
+
 def step_generator(seed: int, step: int, process: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + process) * 101 + micro)
 
@@ -165,7 +170,7 @@ def train(cfg: TrainConfig) -> Path:
                 loss = diffusion_loss(unet, noise_scheduler, target.float(), cond, dropout=cfg.conditioning_dropout,
                                       generator=g, task_tokens=task_tokens, residual=residual,
                                       scaling_factor=vae.config.scaling_factor, snr_gamma=cfg.snr_gamma,
-                                      loss_type=cfg.loss_type, huber_c=cfg.huber_c)
+                                      loss_type=loss_type_at(cfg, state.step), huber_c=cfg.huber_c)
                 if not torch.isfinite(accelerator.gather(loss.detach())).all():
                     last = checkpoint_dirs(out)
                     raise MultiEditError(
