@@ -126,7 +126,10 @@ def penalty(err: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1) -> t
     point estimate is the conditional median rather than the mean. But that constant force also acts on
     noise the model lets through: at low noise, a model copying a sparse change out of x_t leaks the noise
     into every unchanged element, and with l1 those many small errors outweigh the few large ones in the
-    edited region, so the model learns to copy nothing. ``berhu`` keeps l1 for small errors and penalises
+    edited region, so the model learns to copy nothing. Worse, trained from scratch on such sparse targets
+    ``l1`` stalls at predicting no change everywhere: its pull on the many unchanged elements shrinks every
+    output direction before features that find the region exist (``TrainConfig.l2_warmup_steps`` trains the
+    squared error first). ``berhu`` keeps l1 for small errors and penalises
     large ones quadratically, so a missed edit costs more than its leak (on ShapesWorld it restores the
     copying but lets more change through outside the region: see the README).
     """
