@@ -35,6 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
+# The sampler settings of every benchmark edit (the defaults of --steps, --guidance, --image-guidance).
+STEPS, GUIDANCE, IMAGE_GUIDANCE = 25, 1.5, 1.0
 
 
 # ---------------------------------------------------------------------------- data and metrics
@@ -269,9 +271,9 @@ def main(argv=None) -> int:
     ap.add_argument("--notask-model", default=None, help="The same model trained without task information (part 2).")
     ap.add_argument("--inversion", action="store_true", help="Run part 3 (task inversion; a few CPU minutes).")
     ap.add_argument("-n", type=int, default=20, help="Test edits per task.")
-    ap.add_argument("--steps", type=int, default=25, help="DDIM steps.")
-    ap.add_argument("--guidance", type=float, default=1.5, help="Text guidance scale.")
-    ap.add_argument("--image-guidance", type=float, default=1.0, help="Image guidance scale.")
+    ap.add_argument("--steps", type=int, default=STEPS, help="DDIM steps.")
+    ap.add_argument("--guidance", type=float, default=GUIDANCE, help="Text guidance scale.")
+    ap.add_argument("--image-guidance", type=float, default=IMAGE_GUIDANCE, help="Image guidance scale.")
     ap.add_argument("--batch", type=int, default=25, help="Edits per pipeline call.")
     ap.add_argument("--seed", type=int, default=0, help="Sampling seed.")
     ap.add_argument("--invert-steps", type=int, default=200, help="Task inversion steps (part 3).")

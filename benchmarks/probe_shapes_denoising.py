@@ -17,8 +17,8 @@ so whatever the model gets right there it gets from the source and the instructi
 
 A denoiser that reads its input has ``error in`` near the noise level (√(1 − ᾱ_t)) at small t, where the
 noised change is almost the answer; one that ignores it keeps ``estimate in`` near 0 at every t. Last, the same
-scenes are edited end to end with the benchmark's settings (DDIM 25, guidance 1.5, image guidance 1.0, seed 0)
-and their L1 printed next to the identity edit's.
+scenes are edited end to end with the benchmark's default sampler settings (``bench_shapes_quality.STEPS``,
+``GUIDANCE``, ``IMAGE_GUIDANCE``; seed 0) and their L1 printed next to the identity edit's.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from bench_shapes_quality import arr, metrics
+    from bench_shapes_quality import GUIDANCE, IMAGE_GUIDANCE, STEPS, arr, metrics
 
     from multiedit.editing import load_pipeline
     from multiedit.errors import MultiEditError
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
                   f"{inside(est, region):12.3f} {inside(est - change, region):9.3f} {inside(est, 1 - region):13.4f}")
     pipe.set_progress_bar_config(disable=True)
     out = pipe([r["edit_prompt"] for r in rows], [r["input_image"] for r in rows], task=[args.task] * len(rows),
-               num_inference_steps=25, guidance_scale=1.5, image_guidance_scale=1.0,
+               num_inference_steps=STEPS, guidance_scale=GUIDANCE, image_guidance_scale=IMAGE_GUIDANCE,
                generator=torch.Generator().manual_seed(0), output_type="np").images
     model = np.mean([metrics(o.astype(np.float64), r)["l1"] for o, r in zip(out, rows)])
     identity = np.mean([metrics(arr(r["input_image"]), r)["l1"] for r in rows])

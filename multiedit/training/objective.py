@@ -129,9 +129,9 @@ def penalty(err: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1) -> t
     edited region, so the model learns to copy nothing. Worse, trained from scratch on such sparse targets
     ``l1`` stalls at predicting no change everywhere: its pull on the many unchanged elements shrinks every
     output direction before features that find the region exist (``TrainConfig.l2_warmup_steps`` trains the
-    squared error first). ``berhu`` keeps l1 for small errors and penalises
-    large ones quadratically, so a missed edit costs more than its leak (on ShapesWorld it restores the
-    copying but lets more change through outside the region: see the README).
+    squared error first). ``berhu`` keeps l1 for small errors and penalises large ones quadratically, so a
+    missed edit costs more than its leak (on ShapesWorld it restores the copying but lets more change through
+    outside the region: see the README).
     """
     if loss_type == "l2":
         return err**2
