@@ -10,7 +10,9 @@ shape is meant) and the training wordings, it noises the exact change ``z_edit �
 
 - ``change in``: the mean |change| inside the edited region (what the estimate should be);
 - ``estimate in`` / ``error in``: the mean |estimate| and |estimate − change| there;
-- ``estimate out``: the mean |estimate| outside the region (should be 0).
+- ``estimate out``: the mean |estimate| outside the region (should be 0);
+- ``other shapes``: the mean |estimate| on the scene's shapes outside the region (with ``--shapes`` 2 or 3):
+  a model that cannot tell from the words which shape is meant edits the others too ("–" for one shape).
 
 The row ``999/0`` repeats t = 999 with an all-zero input instead of noise: at t = T the input holds no signal,
 so whatever the model gets right there it gets from the source and the instruction alone.
@@ -62,6 +64,8 @@ def main(argv=None) -> int:
     import torch
     from bench_shapes_quality import GUIDANCE, IMAGE_GUIDANCE, STEPS, arr, metrics
 
+    from multiedit.datagen.shapes import Scene
+    from multiedit.datagen.shapes.world import label_map
     from multiedit.editing import load_pipeline
     from multiedit.errors import MultiEditError
 
@@ -84,6 +88,8 @@ def main(argv=None) -> int:
         src = latents("input_image")
         change = latents("edited_image") - src
         region = torch.from_numpy(np.stack([np.asarray(r["mask"]) > 0 for r in rows]))[:, None].float()
+        shapes = torch.from_numpy(np.stack([label_map(Scene.from_json(r["scene"])) >= 0 for r in rows]))
+        others = shapes[:, None].float() * (1 - region)  # the source scene's shapes, less the edited region
         text = pipe.encode_prompt([r["edit_prompt"] for r in rows], "cpu", 1, False)
         ids = torch.tensor([pipe.task_id(args.task)] * len(rows))
         noise = torch.randn(change.shape, generator=torch.Generator().manual_seed(args.seed))
@@ -94,7 +100,8 @@ def main(argv=None) -> int:
 
         print(f"{args.task}, {len(rows)} test scenes with {args.shapes} shape(s), training wordings; "
               f"model: {args.model or 'default'}")
-        print(f"{'t':>5} {'noise':>6} {'change in':>10} {'estimate in':>12} {'error in':>9} {'estimate out':>13}")
+        print(f"{'t':>5} {'noise':>6} {'change in':>10} {'estimate in':>12} {'error in':>9} {'estimate out':>13} "
+              f"{'other shapes':>13}")
         for t, zero_input in [(t, False) for t in TIMESTEPS] + [(999, True)]:
             if zero_input:
                 noisy = torch.zeros_like(change)
@@ -103,8 +110,10 @@ def main(argv=None) -> int:
             est = pipe.unet(torch.cat([noisy, src], 1), torch.full((len(rows),), t), encoder_hidden_states=text,
                             class_labels=ids).sample
             label = f"{t}/0" if zero_input else f"{t}"
+            other = f"{inside(est, others):.4f}" if others.sum() else "–"
             print(f"{label:>5} {float((1 - acp[t]).sqrt()):6.3f} {inside(change, region):10.3f} "
-                  f"{inside(est, region):12.3f} {inside(est - change, region):9.3f} {inside(est, 1 - region):13.4f}")
+                  f"{inside(est, region):12.3f} {inside(est - change, region):9.3f} {inside(est, 1 - region):13.4f} "
+                  f"{other:>13}")
     pipe.set_progress_bar_config(disable=True)
     out = pipe([r["edit_prompt"] for r in rows], [r["input_image"] for r in rows], task=[args.task] * len(rows),
                num_inference_steps=STEPS, guidance_scale=GUIDANCE, image_guidance_scale=IMAGE_GUIDANCE,
