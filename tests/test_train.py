@@ -14,7 +14,7 @@ from multiedit.cli import main
 from multiedit.errors import MultiEditError
 from multiedit.testing.data import write_synthetic_dataset
 from multiedit.training import TrainConfig, train
-from multiedit.training.objective import Conditioning, diffusion_loss, dropout_masks, sample_loss
+from multiedit.training.objective import Conditioning, diffusion_loss, dropout_masks, sample_loss, timestep_bias_weights
 
 
 @pytest.fixture(scope="module")
@@ -458,6 +458,61 @@ def test_l2_warmup_trains_the_squared_error_first_then_the_loss_type(zoo, data, 
     assert main(args + ["--out", str(tmp_path / "bad"), "--l2-warmup-steps", "-1"]) != 0
     err = capsys.readouterr().err
     assert "l2_warmup_steps=-1 must be 0 or more" in err and "Traceback" not in err
+
+
+class _TimestepRecorder(_FixedOutput):
+    """A fixed-output "UNet" that keeps the timesteps it was called with."""
+
+    def forward(self, sample, timesteps, **kwargs):
+        self.timesteps = timesteps
+        return super().forward()
+
+
+def test_timestep_bias_draws_the_favoured_timesteps_that_much_more_often():
+    """``later`` with multiplier m and portion p puts m·p / (m·p + 1 − p) of the draws in the noisiest p of the
+    timesteps (here 4·0.25 / 1.75 = 0.571, against 0.25 uniform), ``earlier`` the same share in the least
+    noisy p; ``none`` is the unbiased path, drawing exactly the timesteps an unweighted call draws."""
+    n = 4000
+    x0 = torch.zeros(n, 1, 1, 1)
+    cond = Conditioning(torch.zeros(n, 1, 1, 1), torch.zeros(n, 1, 4), torch.zeros(1, 1, 4), torch.zeros(n).long())
+    sched = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample")
+
+    def draws(weights, seed=0):
+        rec = _TimestepRecorder(x0)
+        diffusion_loss(rec, sched, x0, cond, dropout=0, generator=torch.Generator().manual_seed(seed),
+                       timestep_weights=weights)
+        return rec.timesteps
+
+    later = draws(timestep_bias_weights("later", 4.0, 0.25))
+    earlier = draws(timestep_bias_weights("earlier", 4.0, 0.25))
+    assert abs((later >= 750).float().mean().item() - 4 / 7) < 0.03
+    assert abs((earlier < 250).float().mean().item() - 4 / 7) < 0.03
+    assert later.min() >= 0 and later.max() <= 999 and (later < 750).any()  # the rest keep some weight
+    assert timestep_bias_weights("none", 4.0, 0.25) is None
+    assert torch.equal(draws(None), draws(timestep_bias_weights("none", 4.0, 0.25)))
+    assert abs((draws(None) >= 750).float().mean().item() - 0.25) < 0.03
+    with pytest.raises(ValueError, match="Unsupported timestep bias strategy 'range'"):
+        timestep_bias_weights("range", 4.0, 0.25)
+
+
+def test_cli_trains_with_a_timestep_bias_and_rejects_a_bad_portion(zoo, data, tmp_path, capsys):
+    """``--timestep-bias-*`` reaches the training step (other weights than the unbiased run; recorded in the run's
+    config); a portion outside (0, 1] or a non-positive multiplier is refused in one sentence, before training."""
+    args = ["train", "--model", str(zoo("pipeline")), "--dataset", str(data), "--resolution", "32",
+            "--max-steps", "1", "--batch-size", "2", "--num-validation-samples", "0", "--report-to", "none"]
+    biased = ["--timestep-bias-strategy", "later", "--timestep-bias-multiplier", "1000", "--timestep-bias-portion", "0.1"]
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0, capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "late")] + biased) == 0, capsys.readouterr().err
+    a, b = unet_weights(tmp_path / "plain"), unet_weights(tmp_path / "late")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    run = json.loads((tmp_path / "late" / "training_config.json").read_text())
+    assert (run["timestep_bias_strategy"], run["timestep_bias_multiplier"], run["timestep_bias_portion"]) == ("later", 1000, 0.1)
+    for flag, value, message in (("--timestep-bias-portion", "1.5", "timestep_bias_portion=1.5 must be in (0, 1]"),
+                                 ("--timestep-bias-multiplier", "0", "timestep_bias_multiplier=0.0 must be positive")):
+        assert main(args + ["--out", str(tmp_path / "bad"), "--timestep-bias-strategy", "later", flag, value]) != 0
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "bad" / "model_index.json").exists()
 
 
 def test_cli_trains_with_the_loss_type_and_rejects_a_bad_huber_c(zoo, data, tmp_path, capsys):

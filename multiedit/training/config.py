@@ -16,6 +16,8 @@ from ..errors import MultiEditError
 AUGMENT_MODES = ("ip2p", "none")
 # The per-element penalties of the prediction error (``loss_type``): see ``objective.penalty``.
 LOSS_TYPES = ("l2", "l1", "huber", "berhu")
+# How training timesteps are drawn (``timestep_bias_strategy``): see ``objective.timestep_bias_weights``.
+TIMESTEP_BIAS_STRATEGIES = ("none", "later", "earlier")
 
 
 def one_of(values) -> str:
@@ -75,6 +77,12 @@ class TrainConfig:
                                  "l1 from scratch on sparse targets (residual diffusion of a small edited region) "
                                  "collapses to predicting no change: its constant pull on the many unchanged elements "
                                  "shrinks every output direction before features that find the region exist.")
+    timestep_bias_strategy: str = _f("none", "Draw training timesteps non-uniformly (as diffusers' SDXL script): later "
+                                             "favours the noisiest --timestep-bias-portion of them by "
+                                             "--timestep-bias-multiplier, earlier the least noisy; none is uniform.",
+                                     choices=list(TIMESTEP_BIAS_STRATEGIES))
+    timestep_bias_multiplier: float = _f(1.0, "Weight of the favoured timesteps relative to the others.")
+    timestep_bias_portion: float = _f(0.25, "Fraction of the timesteps that is favoured, in (0, 1].")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
     use_ema: bool = _f(False, "Keep an EMA of the trained weights; the saved pipeline uses it.")
@@ -113,6 +121,13 @@ class TrainConfig:
             raise MultiEditError(f"huber_c={self.huber_c} must be positive.")
         if self.l2_warmup_steps < 0:
             raise MultiEditError(f"l2_warmup_steps={self.l2_warmup_steps} must be 0 or more.")
+        if self.timestep_bias_strategy not in TIMESTEP_BIAS_STRATEGIES:
+            raise MultiEditError(f"timestep_bias_strategy={self.timestep_bias_strategy!r}; "
+                                 f"use {one_of(TIMESTEP_BIAS_STRATEGIES)}.")
+        if not self.timestep_bias_multiplier > 0:
+            raise MultiEditError(f"timestep_bias_multiplier={self.timestep_bias_multiplier} must be positive.")
+        if not 0 < self.timestep_bias_portion <= 1:
+            raise MultiEditError(f"timestep_bias_portion={self.timestep_bias_portion} must be in (0, 1].")
         if self.resolution % 8:
             raise MultiEditError(f"resolution={self.resolution} must be a multiple of 8.")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "cache_variants"):

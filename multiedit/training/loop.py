@@ -22,7 +22,7 @@ from ..errors import MultiEditError
 from .config import TrainConfig
 from .data import build_dataset, collate
 from .encoding import Encoder, LatentCache
-from .objective import diffusion_loss
+from .objective import diffusion_loss, timestep_bias_weights
 from .state import TrainState, checkpoint_dirs, find_checkpoint, prune_checkpoints
 from .trainable import apply_trainable, export_unet
 from .validation import save_validation
@@ -149,6 +149,9 @@ def train(cfg: TrainConfig) -> Path:
         accelerator.init_trackers("multiedit", config={k: v for k, v in cfg.to_dict().items()
                                                         if isinstance(v, (int, float, str, bool))})
 
+    t_weights = timestep_bias_weights(cfg.timestep_bias_strategy, cfg.timestep_bias_multiplier,
+                                      cfg.timestep_bias_portion, noise_scheduler.config.num_train_timesteps)
+
     # 5. Loop
     stop_at = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="training", unit="step",
@@ -170,7 +173,8 @@ def train(cfg: TrainConfig) -> Path:
                 loss = diffusion_loss(unet, noise_scheduler, target.float(), cond, dropout=cfg.conditioning_dropout,
                                       generator=g, task_tokens=task_tokens, residual=residual,
                                       scaling_factor=vae.config.scaling_factor, snr_gamma=cfg.snr_gamma,
-                                      loss_type=loss_type_at(cfg, state.step), huber_c=cfg.huber_c)
+                                      loss_type=loss_type_at(cfg, state.step), huber_c=cfg.huber_c,
+                                      timestep_weights=t_weights)
                 if not torch.isfinite(accelerator.gather(loss.detach())).all():
                     last = checkpoint_dirs(out)
                     raise MultiEditError(

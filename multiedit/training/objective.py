@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import LOSS_TYPES
+from .config import LOSS_TYPES, TIMESTEP_BIAS_STRATEGIES
 
 # The scheduler parameterisations diffusion_loss trains (``from_base`` accepts the same).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -62,6 +62,7 @@ def diffusion_loss(
     snr_gamma: float | None = None,
     loss_type: str = "l2",
     huber_c: float = 0.1,
+    timestep_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean penalty (squared by default) of the UNet's prediction error (ε, v or x0, per the scheduler's
     ``prediction_type``).
@@ -72,6 +73,8 @@ def diffusion_loss(
     ``target − scaling_factor · source`` (the pipeline's ``residual`` config adds the source back).
     ``snr_gamma`` (v and x0 models only) caps the v-loss weight of each sample: see ``snr_weights``.
     ``loss_type`` / ``huber_c`` choose the penalty of the (weighted) error: see ``penalty``.
+    ``timestep_weights`` (num_train_timesteps,) makes the drawn timesteps follow those relative weights instead
+    of the uniform distribution (see ``timestep_bias_weights``); the loss itself is not reweighted.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"Unsupported loss_type {loss_type!r}; use one of {', '.join(LOSS_TYPES)}.")
@@ -81,7 +84,9 @@ def diffusion_loss(
     device = target_latents.device
     if noise is None:
         noise = torch.randn(target_latents.shape, generator=generator, dtype=torch.float32).to(target_latents)
-    if timesteps is None:
+    if timesteps is None and timestep_weights is not None:
+        timesteps = torch.multinomial(timestep_weights.float().cpu(), bsz, replacement=True, generator=generator)
+    elif timesteps is None:
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=generator)
     timesteps = timesteps.to(device).long()
     noisy = noise_scheduler.add_noise(target_latents, noise, timesteps)
@@ -112,6 +117,31 @@ def diffusion_loss(
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
     v_weight, _ = snr_weights(noise_scheduler.alphas_cumprod, timesteps, snr_gamma)
     return weighted_penalty(pred, target, v_weight, loss_type, huber_c)
+
+
+def timestep_bias_weights(strategy: str, multiplier: float, portion: float,
+                          num_train_timesteps: int = 1000) -> torch.Tensor | None:
+    """Relative weights of the training timesteps, as diffusers' SDXL training script's ``--timestep_bias_*``.
+
+    ``strategy`` ``"later"`` multiplies the weight of the noisiest ``portion`` of the timesteps by
+    ``multiplier``, ``"earlier"`` that of the least noisy; ``"none"`` returns ``None`` (uniform draws, the
+    exact path of an unbiased step). Biasing toward late timesteps spends more of the training on the
+    high-noise estimate — where an editing model must produce the edit from the source and the instruction
+    alone — without changing what each sample's loss is.
+    """
+    if strategy == "none":
+        return None
+    if strategy not in TIMESTEP_BIAS_STRATEGIES:
+        raise ValueError(f"Unsupported timestep bias strategy {strategy!r}; use one of {', '.join(TIMESTEP_BIAS_STRATEGIES)}.")
+    if not multiplier > 0 or not 0 < portion <= 1:
+        raise ValueError(f"timestep bias needs multiplier > 0 and 0 < portion <= 1 (got {multiplier}, {portion}).")
+    weights = torch.ones(num_train_timesteps)
+    n = max(1, round(portion * num_train_timesteps))
+    if strategy == "later":
+        weights[-n:] *= multiplier
+    else:
+        weights[:n] *= multiplier
+    return weights
 
 
 def penalty(err: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1) -> torch.Tensor:
