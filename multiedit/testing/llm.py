@@ -232,7 +232,14 @@ class ScriptedLLMServer:
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", "0"))
-                payload = json.loads(self.rfile.read(length) or b"{}")
+                body = self.rfile.read(length)
+                if not body or len(body) < length:  # the client died mid-request (a killed run): nothing to record
+                    return
+                try:
+                    payload = json.loads(body)
+                except ValueError:
+                    self._send(400, {"error": {"message": "the request body is not JSON", "code": 400}})
+                    return
                 self._send(*server.respond(payload))
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
