@@ -43,8 +43,17 @@ RESOLUTION = 64
 LATENT_CHANNELS = 4  # colour in channels 0-2; channel 3 is always 0
 
 
-def build_shapes_components(seed: int = 0) -> dict:
-    """Untrained ``vae``, ``text_encoder``, ``tokenizer``, ``unet`` and ``scheduler`` of the preset."""
+def build_shapes_components(seed: int = 0, pooled_text: bool = False) -> dict:
+    """Untrained ``vae``, ``text_encoder``, ``tokenizer``, ``unet`` and ``scheduler`` of the preset.
+
+    ``pooled_text`` also feeds the instruction to every ResNet block, at every resolution: diffusers'
+    ``addition_embed_type="text"`` (attention-pools the text encoder's states and adds them to the timestep
+    embedding, as unCLIP/DeepFloyd IF do), with ``resnet_time_scale_shift="scale_shift"`` (the embedding
+    scales and shifts the features: FiLM, Perez et al. 2018) and a 128-wide time embedding. Cross-attention
+    reads the words at 16×16 and 8×8 only; with FiLM the full-resolution features can be gated by the words
+    too. Same step time. On remove alone it is what made the model pick the named shape out of three
+    (README, ShapesWorld); the committed default model is trained without it.
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -72,6 +81,8 @@ def build_shapes_components(seed: int = 0) -> dict:
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8,
+        **(dict(addition_embed_type="text", addition_embed_type_num_heads=4, resnet_time_scale_shift="scale_shift",
+                time_embedding_dim=128) if pooled_text else {}),
     )
     add_task_table(unet, len(list_tasks()))
     scheduler = DDIMScheduler(
@@ -133,12 +144,13 @@ def reconstruction_error(vae, images: torch.Tensor) -> float:
     return float((rec - images).abs().mean() / 2)
 
 
-def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0):
-    """The untrained preset pipeline (its autoencoder exact by construction); saved to ``out`` when given. Returns the pipeline."""
+def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0, pooled_text: bool = False):
+    """The untrained preset pipeline (its autoencoder exact by construction); saved to ``out`` when given.
+    ``pooled_text``: see :func:`build_shapes_components`. Returns the pipeline."""
     from .pipeline import MultiEditPipeline
     from .tasks import list_tasks
 
-    parts = build_shapes_components(seed)
+    parts = build_shapes_components(seed, pooled_text=pooled_text)
     make_exact_autoencoder(parts["vae"])
     # Stable Diffusion scales latents to unit variance (its 0.18215). Here latents are pixels in [-1, 1]
     # already; 1/std (3.3 on this world) would scale night/invert changes to ±6, far outside the noise.

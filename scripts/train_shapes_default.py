@@ -81,6 +81,13 @@ def main(argv=None) -> int:
     ap.add_argument("--l2-warmup-steps", type=int, default=0,
                     help="Train with the squared error for the first N steps, then --loss-type "
                          "(TrainConfig.l2_warmup_steps).")
+    ap.add_argument("--pooled-text", action="store_true",
+                    help="Build the preset with the instruction also pooled into the timestep embedding (FiLM at "
+                         "every resolution; shapes_preset.build_shapes_components(pooled_text=True)).")
+    ap.add_argument("--timestep-bias-strategy", default="none", choices=["none", "later", "earlier"],
+                    help="TrainConfig.timestep_bias_strategy (with --timestep-bias-multiplier / -portion).")
+    ap.add_argument("--timestep-bias-multiplier", type=float, default=1.0, help="TrainConfig.timestep_bias_multiplier.")
+    ap.add_argument("--timestep-bias-portion", type=float, default=0.25, help="TrainConfig.timestep_bias_portion.")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
@@ -117,7 +124,7 @@ def main(argv=None) -> int:
     t = time.time()
     base = work / "base"  # the autoencoder needs no training
     if not (base / "model_index.json").is_file():
-        build_shapes_pipeline(base, seed=args.seed)
+        build_shapes_pipeline(base, seed=args.seed, pooled_text=args.pooled_text)
     times["base_s"] = time.time() - t
 
     t = time.time()
@@ -129,6 +136,8 @@ def main(argv=None) -> int:
         report_to="none", checkpointing_steps=250, checkpoints_total_limit=1, num_validation_samples=4,
         validation_inference_steps=10, snr_gamma=args.snr_gamma, loss_type=args.loss_type,
         huber_c=args.huber_c, l2_warmup_steps=args.l2_warmup_steps,
+        timestep_bias_strategy=args.timestep_bias_strategy, timestep_bias_multiplier=args.timestep_bias_multiplier,
+        timestep_bias_portion=args.timestep_bias_portion,
         resume="latest" if (run / "checkpoints").is_dir() else None,
     )
     train(cfg)

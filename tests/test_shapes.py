@@ -272,6 +272,35 @@ def test_preset_pipeline_edits_64px_images_with_residual_x0_prediction(tmp_path)
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
 
 
+def test_preset_pooled_text_reaches_the_full_resolution_blocks_after_a_save_and_load(tmp_path):
+    """With ``pooled_text`` the instruction changes the output of the UNet's first (64×64, no cross-attention)
+    block; without it that block cannot see the text. Both presets share everything else."""
+    import torch
+
+    from multiedit.pipeline import MultiEditPipeline
+    from multiedit.shapes_preset import build_shapes_pipeline
+
+    firsts = {}
+    for pooled in (False, True):
+        build_shapes_pipeline(tmp_path / str(pooled), seed=0, pooled_text=pooled)
+        pipe = MultiEditPipeline.from_pretrained(tmp_path / str(pooled))
+        unet = pipe.unet
+        assert (unet.config.addition_embed_type == "text") == pooled and "CrossAttn" not in unet.config.down_block_types[0]
+        seen = []
+        hook = unet.down_blocks[0].register_forward_hook(lambda m, i, o: seen.append(o[0]))
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, unet.config.in_channels, 64, 64, generator=g)
+        with torch.no_grad():
+            for text in ("remove the red circle", "remove the blue square"):
+                ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                     return_tensors="pt").input_ids
+                unet(x, torch.tensor([999]), encoder_hidden_states=pipe.text_encoder(ids)[0],
+                     class_labels=torch.tensor([0]))
+        hook.remove()
+        firsts[pooled] = (seen[0] - seen[1]).abs().max().item()
+    assert firsts[False] == 0 and firsts[True] > 1e-4
+
+
 def test_preset_autoencoder_is_exact_for_any_image_after_a_save_and_load(tmp_path):
     import torch
     from diffusers import AutoencoderKL
@@ -388,7 +417,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     spec.loader.exec_module(script)
     args = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "model"), "--per-task", "2", "--max-steps", "2",
             "--batch-size", "4", "--classifier-epochs", "1", "--huber-c", "0.2",
-            "--l2-warmup-steps", "1"]
+            "--l2-warmup-steps", "1", "--pooled-text", "--timestep-bias-strategy", "later",
+            "--timestep-bias-multiplier", "3"]
     assert script.main(args) == 0
     settings = json.loads((tmp_path / "model" / "training_time.json").read_text())
     assert settings["max_steps"] == 2 and settings["seed"] == 0 and settings["times"]["unet_s"] > 0
@@ -397,8 +427,10 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert run["loss_type"] == settings["loss_type"] == "l1"  # the committed model's penalty, recorded for inversion
     assert run["huber_c"] == settings["huber_c"] == 0.2  # --huber-c reaches the training config
     assert run["l2_warmup_steps"] == settings["l2_warmup_steps"] == 1  # and so does --l2-warmup-steps
+    assert (run["timestep_bias_strategy"], run["timestep_bias_multiplier"]) == ("later", 3.0)  # and the bias
     pipe = MultiEditPipeline.from_pretrained(tmp_path / "model")
     assert pipe.task_classifier is not None and pipe.config.residual
+    assert pipe.unet.config.addition_embed_type == "text" and settings["pooled_text"]  # --pooled-text built the base
     classifier_mtime = (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime
     assert script.main(args) == 0  # everything done is kept: the classifier is not retrained
     assert (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime == classifier_mtime
