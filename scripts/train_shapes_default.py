@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from multiedit.training.config import LOSS_TYPES  # noqa: E402  (after the path insert)
+from multiedit.training.config import LOSS_TYPES, TIMESTEP_BIAS_STRATEGIES  # noqa: E402  (after the path insert)
 
 DEFAULT_OUT = ROOT / "multiedit" / "assets" / "default-model"
 
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pooled-text", action="store_true",
                     help="Build the preset with the instruction also pooled into the timestep embedding (FiLM at "
                          "every resolution; shapes_preset.build_shapes_components(pooled_text=True)).")
-    ap.add_argument("--timestep-bias-strategy", default="none", choices=["none", "later", "earlier"],
+    ap.add_argument("--timestep-bias-strategy", default="none", choices=list(TIMESTEP_BIAS_STRATEGIES),
                     help="TrainConfig.timestep_bias_strategy (with --timestep-bias-multiplier / -portion).")
     ap.add_argument("--timestep-bias-multiplier", type=float, default=1.0, help="TrainConfig.timestep_bias_multiplier.")
     ap.add_argument("--timestep-bias-portion", type=float, default=0.25, help="TrainConfig.timestep_bias_portion.")
@@ -125,6 +125,9 @@ def main(argv=None) -> int:
     base = work / "base"  # the autoencoder needs no training
     if not (base / "model_index.json").is_file():
         build_shapes_pipeline(base, seed=args.seed, pooled_text=args.pooled_text)
+    elif (json.loads((base / "unet" / "config.json").read_text()).get("addition_embed_type") == "text") != args.pooled_text:
+        sys.exit(f"error: {base} was built {'without' if args.pooled_text else 'with'} --pooled-text; rerun with the "
+                 "same setting or use another --work folder.")
     times["base_s"] = time.time() - t
 
     t = time.time()

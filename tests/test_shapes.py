@@ -434,3 +434,5 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     classifier_mtime = (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime
     assert script.main(args) == 0  # everything done is kept: the classifier is not retrained
     assert (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime == classifier_mtime
+    with pytest.raises(SystemExit, match="was built with --pooled-text; rerun with the same setting"):
+        script.main([a for a in args if a != "--pooled-text"])  # the kept base must match the flag
