@@ -422,6 +422,28 @@ def test_wrong_model_name_lists_the_served_ones(tmp_path):
             generate_instructions(["a dog"], config(tmp_path, llm_url=server.url, llm_model="gpt"))
 
 
+def test_scripted_server_records_no_request_whose_body_never_arrived():
+    """A client killed mid-request (Content-Length promised, body cut short) leaves no request behind, and a
+    body that is not JSON, an empty one included, gets a 400 rather than a dropped connection."""
+    import http.client
+    import socket
+    from urllib.parse import urlparse
+
+    with ScriptedLLMServer() as server:
+        addr = urlparse(server.url)
+        with socket.create_connection((addr.hostname, addr.port)) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mess")
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(100) == b""  # no answer: the request was dropped
+        for body in (b"", b"not json"):
+            conn = http.client.HTTPConnection(addr.hostname, addr.port, timeout=10)
+            conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Length": str(len(body))})
+            resp = conn.getresponse()
+            assert resp.status == 400 and b"not JSON" in resp.read()
+            conn.close()
+        assert server.requests == []
+
+
 def test_a_server_that_keeps_failing_stops_the_run_and_a_rerun_recovers(tmp_path):
     with ScriptedLLMServer(default="500") as server:
         cfg = config(tmp_path, llm_url=server.url, max_retries=1, concurrency=2, max_server_failures=3)

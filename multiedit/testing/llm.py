@@ -233,7 +233,7 @@ class ScriptedLLMServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
-                if not body or len(body) < length:  # the client died mid-request (a killed run): nothing to record
+                if len(body) < length:  # the client died mid-request (a killed run): nothing to record
                     return
                 try:
                     payload = json.loads(body)
