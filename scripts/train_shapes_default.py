@@ -30,6 +30,7 @@ weights, elsewhere the same quality within noise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -40,9 +41,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from multiedit.training.config import LOSS_TYPES, TIMESTEP_BIAS_STRATEGIES  # noqa: E402  (after the path insert)
+# after the path insert
+from multiedit.training.config import LOSS_TYPES, TIMESTEP_BIAS_STRATEGIES, TrainConfig  # noqa: E402
 
 DEFAULT_OUT = ROOT / "multiedit" / "assets" / "default-model"
+# flags that pass a TrainConfig field through unchanged default to it (TrainConfig has defaults for every field)
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def instruction_rows(dataset_dir: Path, out: Path, per_task: int, seed: int) -> Path:
@@ -72,22 +76,25 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=2000, help="UNet training steps.")
     ap.add_argument("--batch-size", type=int, default=32, help="UNet batch size.")
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
-    ap.add_argument("--snr-gamma", type=float, default=None,
+    ap.add_argument("--snr-gamma", type=float, default=TRAIN_DEFAULTS["snr_gamma"],
                     help="Cap the x0-error weight 1+SNR at this value (TrainConfig.snr_gamma; default: off).")
     ap.add_argument("--loss-type", default="l1", choices=list(LOSS_TYPES),
                     help="Penalty of the prediction error (TrainConfig.loss_type; the committed model: l1).")
-    ap.add_argument("--huber-c", type=float, default=0.1,
+    ap.add_argument("--huber-c", type=float, default=TRAIN_DEFAULTS["huber_c"],
                     help="Threshold c of --loss-type huber / berhu (TrainConfig.huber_c).")
-    ap.add_argument("--l2-warmup-steps", type=int, default=0,
+    ap.add_argument("--l2-warmup-steps", type=int, default=TRAIN_DEFAULTS["l2_warmup_steps"],
                     help="Train with the squared error for the first N steps, then --loss-type "
                          "(TrainConfig.l2_warmup_steps).")
     ap.add_argument("--pooled-text", action="store_true",
                     help="Build the preset with the instruction also pooled into the timestep embedding (FiLM at "
                          "every resolution; shapes_preset.build_shapes_components(pooled_text=True)).")
-    ap.add_argument("--timestep-bias-strategy", default="none", choices=list(TIMESTEP_BIAS_STRATEGIES),
+    ap.add_argument("--timestep-bias-strategy", default=TRAIN_DEFAULTS["timestep_bias_strategy"],
+                    choices=list(TIMESTEP_BIAS_STRATEGIES),
                     help="TrainConfig.timestep_bias_strategy (with --timestep-bias-multiplier / -portion).")
-    ap.add_argument("--timestep-bias-multiplier", type=float, default=1.0, help="TrainConfig.timestep_bias_multiplier.")
-    ap.add_argument("--timestep-bias-portion", type=float, default=0.25, help="TrainConfig.timestep_bias_portion.")
+    ap.add_argument("--timestep-bias-multiplier", type=float, default=TRAIN_DEFAULTS["timestep_bias_multiplier"],
+                    help="TrainConfig.timestep_bias_multiplier.")
+    ap.add_argument("--timestep-bias-portion", type=float, default=TRAIN_DEFAULTS["timestep_bias_portion"],
+                    help="TrainConfig.timestep_bias_portion.")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
@@ -125,7 +132,8 @@ def main(argv=None) -> int:
     base = work / "base"  # the autoencoder needs no training
     if not (base / "model_index.json").is_file():
         build_shapes_pipeline(base, seed=args.seed, pooled_text=args.pooled_text)
-    elif (json.loads((base / "unet" / "config.json").read_text()).get("addition_embed_type") == "text") != args.pooled_text:
+    elif (json.loads((base / "unet" / "config.json").read_text()).get("addition_embed_type") == "text"
+          ) != args.pooled_text:
         sys.exit(f"error: {base} was built {'without' if args.pooled_text else 'with'} --pooled-text; rerun with the "
                  "same setting or use another --work folder.")
     times["base_s"] = time.time() - t
