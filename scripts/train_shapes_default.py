@@ -95,6 +95,9 @@ def main(argv=None) -> int:
                     help="TrainConfig.timestep_bias_multiplier.")
     ap.add_argument("--timestep-bias-portion", type=float, default=TRAIN_DEFAULTS["timestep_bias_portion"],
                     help="TrainConfig.timestep_bias_portion.")
+    ap.add_argument("--task-loss-balance", type=float, default=TRAIN_DEFAULTS["task_loss_balance"],
+                    help="Weight each task's loss by (its no-change loss)^-B (TrainConfig.task_loss_balance; the "
+                         "committed model: 0, unweighted).")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
         validation_inference_steps=10, snr_gamma=args.snr_gamma, loss_type=args.loss_type,
         huber_c=args.huber_c, l2_warmup_steps=args.l2_warmup_steps,
         timestep_bias_strategy=args.timestep_bias_strategy, timestep_bias_multiplier=args.timestep_bias_multiplier,
-        timestep_bias_portion=args.timestep_bias_portion,
+        timestep_bias_portion=args.timestep_bias_portion, task_loss_balance=args.task_loss_balance,
         resume="latest" if (run / "checkpoints").is_dir() else None,
     )
     train(cfg)

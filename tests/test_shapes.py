@@ -418,7 +418,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     args = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "model"), "--per-task", "2", "--max-steps", "2",
             "--batch-size", "4", "--classifier-epochs", "1", "--huber-c", "0.2",
             "--l2-warmup-steps", "1", "--pooled-text", "--timestep-bias-strategy", "later",
-            "--timestep-bias-multiplier", "3"]
+            "--timestep-bias-multiplier", "3", "--task-loss-balance", "0.5"]
     assert script.main(args) == 0
     settings = json.loads((tmp_path / "model" / "training_time.json").read_text())
     assert settings["max_steps"] == 2 and settings["seed"] == 0 and settings["times"]["unet_s"] > 0
@@ -428,6 +428,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert run["huber_c"] == settings["huber_c"] == 0.2  # --huber-c reaches the training config
     assert run["l2_warmup_steps"] == settings["l2_warmup_steps"] == 1  # and so does --l2-warmup-steps
     assert (run["timestep_bias_strategy"], run["timestep_bias_multiplier"]) == ("later", 3.0)  # and the bias
+    assert run["task_loss_balance"] == settings["task_loss_balance"] == 0.5  # and the task balance
     pipe = MultiEditPipeline.from_pretrained(tmp_path / "model")
     assert pipe.task_classifier is not None and pipe.config.residual
     assert pipe.unet.config.addition_embed_type == "text" and settings["pooled_text"]  # --pooled-text built the base

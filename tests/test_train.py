@@ -528,3 +528,83 @@ def test_cli_trains_with_the_loss_type_and_rejects_a_bad_huber_c(zoo, data, tmp_
     assert main(args + ["--out", str(tmp_path / "bad"), "--loss-type", "huber", "--huber-c", "0"]) != 0
     err = capsys.readouterr().err
     assert "huber_c=0.0 must be positive" in err and "Traceback" not in err
+
+
+def test_task_loss_balance_weights_give_every_task_the_same_no_change_loss():
+    """``task_edit_sizes`` is each task's mean per-row penalty of its residual, however the rows are chunked;
+    ``balanced_task_weights`` with power 1 makes weight × size equal across tasks and averages 1 over the rows,
+    power 0.5 takes the square root of the ratios, power 0 is all ones; a task without rows keeps weight 1 and
+    one whose edits change nothing gets a finite weight."""
+    from multiedit.training.balance import balanced_task_weights, task_edit_sizes
+
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([0.1, 0.1, 1.0, 1.0, 1.0, 0.0, 0.3])  # rows of tasks 0, 0, 2, 2, 2, 3, 0; task 1 has none
+    ids = torch.tensor([0, 0, 2, 2, 2, 3, 0])
+    res = torch.randn(7, 4, 8, 8, generator=g) * scale[:, None, None, None]
+    sizes, counts = task_edit_sizes([res[:3], res[3:5], res[5:]], ids, 4, "l2")
+    per_row = (res**2).flatten(1).mean(1).double()
+    torch.testing.assert_close(sizes, torch.stack([per_row[[0, 1, 6]].mean(), torch.tensor(0.0, dtype=torch.float64),
+                                                   per_row[2:5].mean(), per_row[5]]))
+    assert counts.tolist() == [3, 0, 3, 1]
+    l1_sizes, _ = task_edit_sizes([res], ids, 4, "l1")
+    torch.testing.assert_close(l1_sizes[2], res[2:5].abs().mean().double())
+
+    w = balanced_task_weights(sizes, counts, 1.0).double()
+    assert w[1] == 1 and torch.isfinite(w).all() and w[3] > w[0] > w[2]
+    torch.testing.assert_close(w[0] * sizes[0], w[2] * sizes[2])
+    torch.testing.assert_close((counts * w).sum(), counts.sum())
+    half = balanced_task_weights(sizes, counts, 0.5).double()
+    torch.testing.assert_close(half[0] / half[2], (sizes[2] / sizes[0]).sqrt())
+    assert torch.equal(balanced_task_weights(sizes, counts, 0.0), torch.ones(4))
+    with pytest.raises(ValueError, match="got 6 residual rows for 7 task ids"):
+        task_edit_sizes([res[:6]], ids, 4)
+
+
+@pytest.mark.parametrize("kind,loss_type", [("sample", "l2"), ("sample", "l1"), ("v_prediction", "l2")])
+def test_sample_weights_multiply_each_samples_loss(kind, loss_type):
+    """``sample_weights`` scales each sample's loss before the batch mean: the weighted batch loss is the mean of the
+    one-sample losses times their weights, and all-ones weights give the unweighted loss."""
+    x0, noise, x0_hat, t, cond = _x0_estimate_case()
+    w = torch.tensor([0.5, 2.0, 0.0, 1.5])
+    got, _ = _loss_of_x0_estimate(kind, x0, noise, x0_hat, t, cond, loss_type=loss_type, sample_weights=w)
+    singles = []
+    for i in range(4):
+        c = Conditioning(cond.source_latents[i : i + 1], cond.text_embeds[i : i + 1], cond.null_text_embed,
+                         cond.task_ids[i : i + 1])
+        singles.append(_loss_of_x0_estimate(kind, x0[i : i + 1], noise[i : i + 1], x0_hat[i : i + 1], t[i : i + 1],
+                                            c, loss_type=loss_type)[0])
+    torch.testing.assert_close(got, (w * torch.stack(singles)).mean(), rtol=1e-4, atol=0)
+    plain, _ = _loss_of_x0_estimate(kind, x0, noise, x0_hat, t, cond, loss_type=loss_type)
+    ones, _ = _loss_of_x0_estimate(kind, x0, noise, x0_hat, t, cond, loss_type=loss_type, sample_weights=torch.ones(4))
+    torch.testing.assert_close(ones, plain, rtol=1e-5, atol=0)
+    assert not torch.allclose(got, plain, rtol=1e-2)
+
+
+def test_cli_task_loss_balance_weights_tasks_alike_with_and_without_the_latent_cache(zoo, data, tmp_path, capsys,
+                                                                                    caplog):
+    """``--task-loss-balance 1`` logs per-task weights measured on the training rows — the same from the latent
+    cache as encoded without it — and trains other weights than the unweighted run; it is recorded in the run's
+    config, and a value outside [0, 1] is refused in one sentence before training."""
+    import logging
+
+    args = ["train", "--model", str(zoo("pipeline")), "--dataset", str(data), "--resolution", "32",
+            "--max-steps", "1", "--batch-size", "2", "--num-validation-samples", "0", "--report-to", "none"]
+    logged = {}
+    for name, extra in (("cached", ["--cache-latents"]), ("encoded", [])):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="multiedit.training.balance"):
+            assert main(args + ["--out", str(tmp_path / name), "--task-loss-balance", "1"] + extra) == 0, \
+                capsys.readouterr().err
+        logged[name] = [r.getMessage() for r in caplog.records if "task loss weights" in r.getMessage()]
+    assert len(logged["cached"]) == 1 and logged["cached"] == logged["encoded"]
+    msg = logged["cached"][0]
+    weights = {task: float(w) for task, w in
+               (part.split(" (")[0].split() for part in msg.split(": ", 1)[1].split("), "))}
+    assert set(weights) == {"add", "remove", "global"} and len(set(weights.values())) == 3
+    assert json.loads((tmp_path / "cached" / "training_config.json").read_text())["task_loss_balance"] == 1
+    assert main(args + ["--out", str(tmp_path / "plain"), "--cache-latents"]) == 0, capsys.readouterr().err
+    a, b = unet_weights(tmp_path / "plain"), unet_weights(tmp_path / "cached")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert main(args + ["--out", str(tmp_path / "bad"), "--task-loss-balance", "1.5"]) != 0
+    err = capsys.readouterr().err
+    assert "task_loss_balance=1.5 must be in [0, 1]" in err and "Traceback" not in err

@@ -81,6 +81,10 @@ class TrainConfig:
                                              "favours the noisiest --timestep-bias-portion of them by "
                                              "--timestep-bias-multiplier, earlier the least noisy; none is uniform.",
                                      choices=list(TIMESTEP_BIAS_STRATEGIES))
+    task_loss_balance: float = _f(0.0, "Weight each task's loss by (its no-change loss)^-B, averaging 1 over the rows "
+                                       "(B in [0, 1]; 0: unweighted). Whole-image edits change every pixel and "
+                                       "otherwise carry nearly all of a mixed batch's loss; 1 gives every task the "
+                                       "same loss when the model predicts no change (see training/balance.py).")
     timestep_bias_multiplier: float = _f(1.0, "Weight of the favoured timesteps relative to the others.")
     timestep_bias_portion: float = _f(0.25, "Fraction of the timesteps that is favoured, in (0, 1].")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
@@ -124,6 +128,8 @@ class TrainConfig:
         if self.timestep_bias_strategy not in TIMESTEP_BIAS_STRATEGIES:
             raise MultiEditError(f"timestep_bias_strategy={self.timestep_bias_strategy!r}; "
                                  f"use {one_of(TIMESTEP_BIAS_STRATEGIES)}.")
+        if not 0 <= self.task_loss_balance <= 1:
+            raise MultiEditError(f"task_loss_balance={self.task_loss_balance} must be in [0, 1].")
         if not self.timestep_bias_multiplier > 0:
             raise MultiEditError(f"timestep_bias_multiplier={self.timestep_bias_multiplier} must be positive.")
         if not 0 < self.timestep_bias_portion <= 1:

@@ -22,6 +22,7 @@ from ..errors import MultiEditError
 from .config import TrainConfig
 from .data import build_dataset, collate
 from .encoding import Encoder, LatentCache
+from .balance import task_loss_weights
 from .objective import diffusion_loss, timestep_bias_weights
 from .state import TrainState, checkpoint_dirs, find_checkpoint, prune_checkpoints
 from .trainable import apply_trainable, export_unet
@@ -149,6 +150,10 @@ def train(cfg: TrainConfig) -> Path:
         accelerator.init_trackers("multiedit", config={k: v for k, v in cfg.to_dict().items()
                                                         if isinstance(v, (int, float, str, bool))})
 
+    task_w = None
+    if cfg.task_loss_balance:
+        kinds = sorted({loss_type_at(cfg, 0), loss_type_at(cfg, cfg.max_steps - 1)})
+        task_w = task_loss_weights(cfg, pipe.task_names, dataset, encoder, cache, kinds)
     t_weights = timestep_bias_weights(cfg.timestep_bias_strategy, cfg.timestep_bias_multiplier,
                                       cfg.timestep_bias_portion, noise_scheduler.config.num_train_timesteps)
 
@@ -170,11 +175,12 @@ def train(cfg: TrainConfig) -> Path:
                     target, cond = cache.encode(batch, epoch, g)
                 else:
                     target, cond = encoder.encode(batch, g)
+                kind = loss_type_at(cfg, state.step)
                 loss = diffusion_loss(unet, noise_scheduler, target.float(), cond, dropout=cfg.conditioning_dropout,
                                       generator=g, task_tokens=task_tokens, residual=residual,
                                       scaling_factor=vae.config.scaling_factor, snr_gamma=cfg.snr_gamma,
-                                      loss_type=loss_type_at(cfg, state.step), huber_c=cfg.huber_c,
-                                      timestep_weights=t_weights)
+                                      loss_type=kind, huber_c=cfg.huber_c, timestep_weights=t_weights,
+                                      sample_weights=task_w[kind][cond.task_ids.cpu()] if task_w else None)
                 if not torch.isfinite(accelerator.gather(loss.detach())).all():
                     last = checkpoint_dirs(out)
                     raise MultiEditError(

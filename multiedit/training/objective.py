@@ -63,6 +63,7 @@ def diffusion_loss(
     loss_type: str = "l2",
     huber_c: float = 0.1,
     timestep_weights: torch.Tensor | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean penalty (squared by default) of the UNet's prediction error (ε, v or x0, per the scheduler's
     ``prediction_type``).
@@ -75,6 +76,7 @@ def diffusion_loss(
     ``loss_type`` / ``huber_c`` choose the penalty of the (weighted) error: see ``penalty``.
     ``timestep_weights`` (num_train_timesteps,) makes the drawn timesteps follow those relative weights instead
     of the uniform distribution (see ``timestep_bias_weights``); the loss itself is not reweighted.
+    ``sample_weights`` (B,) multiplies each sample's loss before the batch mean (``balance.task_loss_weights``).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"Unsupported loss_type {loss_type!r}; use one of {', '.join(LOSS_TYPES)}.")
@@ -111,12 +113,12 @@ def diffusion_loss(
                          "min(1+SNR, γ)/SNR is infinite; train without --snr-gamma.")
     if kind == "sample":
         return sample_loss(pred, target_latents, noise_scheduler.alphas_cumprod, timesteps, snr_gamma=snr_gamma,
-                           loss_type=loss_type, huber_c=huber_c)
+                           loss_type=loss_type, huber_c=huber_c, sample_weights=sample_weights)
     target = noise if kind == "epsilon" else noise_scheduler.get_velocity(target_latents, noise, timesteps)
-    if snr_gamma is None and loss_type == "l2":
+    if snr_gamma is None and loss_type == "l2" and sample_weights is None:
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
     v_weight, _ = snr_weights(noise_scheduler.alphas_cumprod, timesteps, snr_gamma)
-    return weighted_penalty(pred, target, v_weight, loss_type, huber_c)
+    return weighted_penalty(pred, target, v_weight, loss_type, huber_c, sample_weights)
 
 
 def timestep_bias_weights(strategy: str, multiplier: float, portion: float,
@@ -174,8 +176,9 @@ def penalty(err: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1) -> t
 
 
 def weighted_penalty(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, loss_type: str = "l2",
-                     huber_c: float = 0.1) -> torch.Tensor:
-    """Mean over samples of the mean ``penalty`` of √weight·(pred − target), for per-sample weights (B,).
+                     huber_c: float = 0.1, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over samples of the mean ``penalty`` of √weight·(pred − target), for per-sample weights (B,); each
+    sample's mean penalty is then multiplied by ``sample_weights`` (B,) if given.
 
     For ``l2`` this is Σ weight·‖pred − target‖²: the squared-error weighting is kept exactly. For the other
     penalties the weight scales the error before the penalty, so an x0 model weighted by 1 + SNR penalises
@@ -183,7 +186,10 @@ def weighted_penalty(pred: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     """
     scale = weight.float().sqrt().view(-1, *([1] * (pred.dim() - 1)))
     err = scale * (pred.float() - target.float())
-    return penalty(err, loss_type, huber_c).flatten(1).mean(1).mean()
+    per_sample = penalty(err, loss_type, huber_c).flatten(1).mean(1)
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights.to(per_sample)
+    return per_sample.mean()
 
 
 def snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
@@ -207,7 +213,7 @@ def snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
 
 def sample_loss(pred: torch.Tensor, x0: torch.Tensor, alphas_cumprod: torch.Tensor,
                 timesteps: torch.Tensor, snr_gamma: float | None = None, loss_type: str = "l2",
-                huber_c: float = 0.1) -> torch.Tensor:
+                huber_c: float = 0.1, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The v-prediction loss, for a model that outputs x̂0 (``prediction_type="sample"``).
 
     With x_t = α·x0 + σ·ε, the v implied by x̂0 is off by (x̂0 − x0)/σ, so ‖v̂ − v‖² = (1 + SNR)·‖x̂0 − x0‖²:
@@ -218,4 +224,4 @@ def sample_loss(pred: torch.Tensor, x0: torch.Tensor, alphas_cumprod: torch.Tens
     ``loss_type`` other than ``l2`` penalises the implied v error √(1 + SNR)·(x̂0 − x0) (``weighted_penalty``).
     """
     _, weight = snr_weights(alphas_cumprod, timesteps.to(x0.device), snr_gamma)
-    return weighted_penalty(pred, x0, weight, loss_type, huber_c)
+    return weighted_penalty(pred, x0, weight, loss_type, huber_c, sample_weights)
