@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
     args = ap.parse_args(argv)
+    if args.no_task_embedding and args.task_loss_balance:
+        sys.exit("error: --no-task-embedding labels every pair as one task, so --task-loss-balance would weigh "
+                 "nothing; drop one of them.")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from multiedit.classifier import ClassifierTrainConfig, train_classifier

@@ -437,3 +437,5 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime == classifier_mtime
     with pytest.raises(SystemExit, match="was built with --pooled-text; rerun with the same setting"):
         script.main([a for a in args if a != "--pooled-text"])  # the kept base must match the flag
+    with pytest.raises(SystemExit, match="--task-loss-balance would weigh nothing"):
+        script.main(args + ["--no-task-embedding"])  # one label: the balance would silently be off

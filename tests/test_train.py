@@ -541,13 +541,13 @@ def test_task_loss_balance_weights_give_every_task_the_same_no_change_loss():
     scale = torch.tensor([0.1, 0.1, 1.0, 1.0, 1.0, 0.0, 0.3])  # rows of tasks 0, 0, 2, 2, 2, 3, 0; task 1 has none
     ids = torch.tensor([0, 0, 2, 2, 2, 3, 0])
     res = torch.randn(7, 4, 8, 8, generator=g) * scale[:, None, None, None]
-    sizes, counts = task_edit_sizes([res[:3], res[3:5], res[5:]], ids, 4, "l2")
+    by_kind, counts = task_edit_sizes([res[:3], res[3:5], res[5:]], ids, 4, ("l2", "l1"))
+    sizes = by_kind["l2"]
     per_row = (res**2).flatten(1).mean(1).double()
     torch.testing.assert_close(sizes, torch.stack([per_row[[0, 1, 6]].mean(), torch.tensor(0.0, dtype=torch.float64),
                                                    per_row[2:5].mean(), per_row[5]]))
     assert counts.tolist() == [3, 0, 3, 1]
-    l1_sizes, _ = task_edit_sizes([res], ids, 4, "l1")
-    torch.testing.assert_close(l1_sizes[2], res[2:5].abs().mean().double())
+    torch.testing.assert_close(by_kind["l1"][2], res[2:5].abs().mean().double())
 
     w = balanced_task_weights(sizes, counts, 1.0).double()
     assert w[1] == 1 and torch.isfinite(w).all() and w[3] > w[0] > w[2]
@@ -558,6 +558,8 @@ def test_task_loss_balance_weights_give_every_task_the_same_no_change_loss():
     assert torch.equal(balanced_task_weights(sizes, counts, 0.0), torch.ones(4))
     with pytest.raises(ValueError, match="got 6 residual rows for 7 task ids"):
         task_edit_sizes([res[:6]], ids, 4)
+    with pytest.raises(ValueError, match="more residual rows than the 6 task ids"):
+        task_edit_sizes([res], ids[:6], 4)
 
 
 @pytest.mark.parametrize("kind,loss_type", [("sample", "l2"), ("sample", "l1"), ("v_prediction", "l2")])
@@ -608,3 +610,36 @@ def test_cli_task_loss_balance_weights_tasks_alike_with_and_without_the_latent_c
     assert main(args + ["--out", str(tmp_path / "bad"), "--task-loss-balance", "1.5"]) != 0
     err = capsys.readouterr().err
     assert "task_loss_balance=1.5 must be in [0, 1]" in err and "Traceback" not in err
+
+
+def test_training_step_weights_each_sample_by_its_tasks_balanced_weight(zoo, tmp_path, monkeypatch, capsys):
+    """Every training step passes each sample the weight of its own task; measured on a sample of each task's rows
+    (here one, without the latent cache), the weights still average 1 over all the training rows of uneven tasks."""
+    from multiedit.training import balance, loop
+
+    data = write_synthetic_dataset(tmp_path / "data", n=7, size=32, shards=1)  # add 3 rows, remove 2, global 2
+    monkeypatch.setattr(balance, "ROWS_PER_TASK", 1)
+    got, calls = {}, []
+
+    def weights(*args, **kwargs):
+        got.update(balance.task_loss_weights(*args, **kwargs))
+        return got
+
+    def loss(unet, sched, target, cond, **kwargs):
+        calls.append((cond.task_ids.cpu().clone(), kwargs["sample_weights"]))
+        return diffusion_loss(unet, sched, target, cond, **kwargs)
+
+    monkeypatch.setattr(loop, "task_loss_weights", weights)
+    monkeypatch.setattr(loop, "diffusion_loss", loss)
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(zoo("pipeline")), "--dataset", str(data), "--out", str(out),
+                 "--resolution", "32", "--max-steps", "2", "--batch-size", "4", "--num-validation-samples", "0",
+                 "--report-to", "none", "--task-loss-balance", "1"]) == 0, capsys.readouterr().err
+    assert list(got) == ["l2"] and len(calls) == 2
+    for ids, w in calls:
+        torch.testing.assert_close(w, got["l2"][ids])
+    assert len({ids.unique().numel() for ids, _ in calls} - {1}) > 0  # a batch mixed tasks
+    pipe = MultiEditPipeline.from_pretrained(out)
+    n = {pipe.task_id("add"): 3, pipe.task_id("remove"): 2, pipe.task_id("global"): 2}
+    assert len({round(float(got["l2"][k]), 4) for k in n}) == 3
+    torch.testing.assert_close(sum(c * got["l2"][k] for k, c in n.items()), torch.tensor(7.0))

@@ -24,28 +24,33 @@ from .objective import penalty
 
 log = logging.getLogger(__name__)
 
+# Without the latent cache, the sizes are measured on this many rows of each task (encoded once at start).
+ROWS_PER_TASK = 256
 # A task whose edits change (almost) nothing would get an unbounded weight; sizes are floored at this fraction
 # of the largest task's size.
 MIN_RELATIVE_SIZE = 1e-3
 
 
-def task_edit_sizes(residuals, task_ids: torch.Tensor, num_tasks: int, loss_type: str = "l2",
-                    huber_c: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sizes, counts), each (num_tasks,): the mean over each task's rows of the mean per-element ``penalty`` of
-    the row's residual, and the number of rows. ``residuals``: an iterable of (B, C, h, w) chunks in the order of
-    ``task_ids`` (N,). Tasks without rows have size 0 and count 0."""
-    sizes = torch.zeros(num_tasks, dtype=torch.float64)
+def task_edit_sizes(residuals, task_ids: torch.Tensor, num_tasks: int, loss_types=("l2",),
+                    huber_c: float = 0.1) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """({loss_type: sizes}, counts), each (num_tasks,): for each penalty in ``loss_types``, the mean over each
+    task's rows of the mean per-element ``penalty`` of the row's residual; and the number of rows. ``residuals``:
+    an iterable of (B, C, h, w) chunks in the order of ``task_ids`` (N,), read once. Tasks without rows have size 0
+    and count 0."""
+    sizes = {kind: torch.zeros(num_tasks, dtype=torch.float64) for kind in loss_types}
     counts = torch.zeros(num_tasks, dtype=torch.float64)
     start = 0
     for chunk in residuals:
         ids = task_ids[start : start + chunk.shape[0]].long()
-        per_row = penalty(chunk.float(), loss_type, huber_c).flatten(1).mean(1).double()
-        sizes.index_add_(0, ids, per_row)
-        counts.index_add_(0, ids, torch.ones_like(per_row))
+        if ids.numel() != chunk.shape[0]:
+            raise ValueError(f"task_edit_sizes got more residual rows than the {len(task_ids)} task ids.")
+        for kind in loss_types:
+            sizes[kind].index_add_(0, ids, penalty(chunk.float(), kind, huber_c).flatten(1).mean(1).double())
+        counts.index_add_(0, ids, torch.ones(ids.numel(), dtype=torch.float64))
         start += chunk.shape[0]
     if start != len(task_ids):
         raise ValueError(f"task_edit_sizes got {start} residual rows for {len(task_ids)} task ids.")
-    return sizes / counts.clamp_min(1), counts
+    return {kind: total / counts.clamp_min(1) for kind, total in sizes.items()}, counts
 
 
 def balanced_task_weights(sizes: torch.Tensor, counts: torch.Tensor, power: float) -> torch.Tensor:
@@ -63,9 +68,10 @@ def balanced_task_weights(sizes: torch.Tensor, counts: torch.Tensor, power: floa
     return weights.float()
 
 
-def row_residuals(cache=None, encoder=None, dataset=None, rows=None, batch_size: int = 64):
-    """Chunks of scaled latent residuals ``scaling · (edited mean − source mode)`` for ``rows``: from the latent
-    cache (variant 0) when there is one, else encoded from the dataset's unaugmented variant 0."""
+def row_residuals(cache=None, encoder=None, dataset=None, rows=None, batch_size: int = 8):
+    """Chunks of scaled latent residuals ``scaling · (edited mean − source mode)`` for ``rows``, on the CPU: from
+    the latent cache (variant 0) when there is one, else encoded from the dataset's augmentation draw 0 — the
+    same pixels the cache's variant 0 holds — ``batch_size`` rows at a time, as the cache encodes."""
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         if cache is not None:
@@ -93,17 +99,22 @@ def sample_rows(task_ids: list[int], per_task: int | None, seed: int) -> list[in
     return sorted(picked)
 
 
-def task_loss_weights(cfg, task_names: list[str], dataset, encoder, cache, loss_types) -> dict[str, torch.Tensor]:
-    """``{loss_type: (num_tasks,) weights}`` for each penalty the run uses, measured on the training rows (all of
-    them from the latent cache; without it, 256 rows per task are encoded). Logged per task."""
-    rows = sample_rows(dataset.task_ids, None if cache is not None else 256, cfg.seed)
+def task_loss_weights(cfg, task_names: list[str], dataset, encoder, cache, loss_types,
+                      verbose: bool = True) -> dict[str, torch.Tensor]:
+    """``{loss_type: (num_tasks,) weights}`` for each penalty the run uses. The sizes are measured on the training
+    rows (all of them from the latent cache; without it, up to ``ROWS_PER_TASK`` rows per task are encoded, once);
+    the weights average 1 over all the training rows. Logged per task if ``verbose``."""
+    rows = sample_rows(dataset.task_ids, None if cache is not None else ROWS_PER_TASK, cfg.seed)
     ids = torch.tensor([dataset.task_ids[i] for i in rows])
+    counts = torch.bincount(torch.tensor(dataset.task_ids), minlength=len(task_names)).double()
+    residuals = row_residuals(cache, encoder, dataset, rows, batch_size=256 if cache is not None else 8)
+    sizes, _ = task_edit_sizes(residuals, ids, len(task_names), loss_types, cfg.huber_c)
     out = {}
     for kind in loss_types:
-        sizes, counts = task_edit_sizes(row_residuals(cache, encoder, dataset, rows), ids, len(task_names), kind,
-                                        cfg.huber_c)
-        out[kind] = balanced_task_weights(sizes, counts, cfg.task_loss_balance)
+        out[kind] = balanced_task_weights(sizes[kind], counts, cfg.task_loss_balance)
+        if not verbose:
+            continue
         log.info("task loss weights (%s, balance %g): %s", kind, cfg.task_loss_balance,
-                 ", ".join(f"{task_names[k]} {out[kind][k]:.3g} (no-change loss {sizes[k]:.3g})"
+                 ", ".join(f"{task_names[k]} {out[kind][k]:.3g} (no-change loss {sizes[kind][k]:.3g})"
                            for k in range(len(task_names)) if counts[k] > 0))
     return out

@@ -153,7 +153,8 @@ def train(cfg: TrainConfig) -> Path:
     task_w = None
     if cfg.task_loss_balance:
         kinds = sorted({loss_type_at(cfg, 0), loss_type_at(cfg, cfg.max_steps - 1)})
-        task_w = task_loss_weights(cfg, pipe.task_names, dataset, encoder, cache, kinds)
+        task_w = task_loss_weights(cfg, pipe.task_names, dataset, encoder, cache, kinds,
+                                   verbose=accelerator.is_main_process)
     t_weights = timestep_bias_weights(cfg.timestep_bias_strategy, cfg.timestep_bias_multiplier,
                                       cfg.timestep_bias_portion, noise_scheduler.config.num_train_timesteps)
 
