@@ -42,11 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # after the path insert
-from multiedit.training.config import LOSS_TYPES, TIMESTEP_BIAS_STRATEGIES, TrainConfig  # noqa: E402
+from multiedit.training.config import LOSS_TYPES, TrainConfig  # noqa: E402
 
 DEFAULT_OUT = ROOT / "multiedit" / "assets" / "default-model"
-# flags that pass a TrainConfig field through unchanged default to it (TrainConfig has defaults for every field)
-TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+# flags that pass a TrainConfig field through unchanged, with its default and help (the committed model: defaults)
+TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+PASSED_THROUGH = ("snr_gamma", "huber_c", "l2_warmup_steps", "timestep_bias_strategy", "timestep_bias_multiplier",
+                  "timestep_bias_portion", "task_loss_balance")
+TYPES = {"int": int, "float": float, "str": str}
 
 
 def instruction_rows(dataset_dir: Path, out: Path, per_task: int, seed: int) -> Path:
@@ -76,28 +79,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=2000, help="UNet training steps.")
     ap.add_argument("--batch-size", type=int, default=32, help="UNet batch size.")
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
-    ap.add_argument("--snr-gamma", type=float, default=TRAIN_DEFAULTS["snr_gamma"],
-                    help="Cap the x0-error weight 1+SNR at this value (TrainConfig.snr_gamma; default: off).")
     ap.add_argument("--loss-type", default="l1", choices=list(LOSS_TYPES),
                     help="Penalty of the prediction error (TrainConfig.loss_type; the committed model: l1).")
-    ap.add_argument("--huber-c", type=float, default=TRAIN_DEFAULTS["huber_c"],
-                    help="Threshold c of --loss-type huber / berhu (TrainConfig.huber_c).")
-    ap.add_argument("--l2-warmup-steps", type=int, default=TRAIN_DEFAULTS["l2_warmup_steps"],
-                    help="Train with the squared error for the first N steps, then --loss-type "
-                         "(TrainConfig.l2_warmup_steps).")
     ap.add_argument("--pooled-text", action="store_true",
                     help="Build the preset with the instruction also pooled into the timestep embedding (FiLM at "
                          "every resolution; shapes_preset.build_shapes_components(pooled_text=True)).")
-    ap.add_argument("--timestep-bias-strategy", default=TRAIN_DEFAULTS["timestep_bias_strategy"],
-                    choices=list(TIMESTEP_BIAS_STRATEGIES),
-                    help="TrainConfig.timestep_bias_strategy (with --timestep-bias-multiplier / -portion).")
-    ap.add_argument("--timestep-bias-multiplier", type=float, default=TRAIN_DEFAULTS["timestep_bias_multiplier"],
-                    help="TrainConfig.timestep_bias_multiplier.")
-    ap.add_argument("--timestep-bias-portion", type=float, default=TRAIN_DEFAULTS["timestep_bias_portion"],
-                    help="TrainConfig.timestep_bias_portion.")
-    ap.add_argument("--task-loss-balance", type=float, default=TRAIN_DEFAULTS["task_loss_balance"],
-                    help="Weight each task's loss by (its no-change loss)^-B (TrainConfig.task_loss_balance; the "
-                         "committed model: 0, unweighted).")
+    for name in PASSED_THROUGH:  # TrainConfig's default and help
+        f = TRAIN_FIELDS[name]
+        ap.add_argument("--" + name.replace("_", "-"), type=TYPES[str(f.type).split(" ")[0]], default=f.default,
+                        choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (TrainConfig.{name})")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
@@ -151,10 +141,8 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, lr=args.lr, lr_scheduler="cosine", lr_warmup_steps=50, use_ema=True,
         ema_decay=0.999, cache_latents=True, cache_variants=1, augment="none", random_flip=False, seed=args.seed,
         report_to="none", checkpointing_steps=250, checkpoints_total_limit=1, num_validation_samples=4,
-        validation_inference_steps=10, snr_gamma=args.snr_gamma, loss_type=args.loss_type,
-        huber_c=args.huber_c, l2_warmup_steps=args.l2_warmup_steps,
-        timestep_bias_strategy=args.timestep_bias_strategy, timestep_bias_multiplier=args.timestep_bias_multiplier,
-        timestep_bias_portion=args.timestep_bias_portion, task_loss_balance=args.task_loss_balance,
+        validation_inference_steps=10, loss_type=args.loss_type,
+        **{name: getattr(args, name) for name in PASSED_THROUGH},
         resume="latest" if (run / "checkpoints").is_dir() else None,
     )
     train(cfg)
