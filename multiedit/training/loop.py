@@ -19,10 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import MultiEditError
+from .balance import task_loss_weights
 from .config import TrainConfig
 from .data import build_dataset, collate
 from .encoding import Encoder, LatentCache
-from .balance import task_loss_weights
 from .objective import diffusion_loss, timestep_bias_weights
 from .state import TrainState, checkpoint_dirs, find_checkpoint, prune_checkpoints
 from .trainable import apply_trainable, export_unet
