@@ -42,14 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # after the path insert
-from multiedit.training.config import LOSS_TYPES, TrainConfig  # noqa: E402
+from multiedit.training.config import LOSS_TYPES, TrainConfig, add_field_argument  # noqa: E402
 
 DEFAULT_OUT = ROOT / "multiedit" / "assets" / "default-model"
 # flags that pass a TrainConfig field through unchanged, with its default and help (the committed model: defaults)
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 PASSED_THROUGH = ("snr_gamma", "huber_c", "l2_warmup_steps", "timestep_bias_strategy", "timestep_bias_multiplier",
                   "timestep_bias_portion", "task_loss_balance")
-TYPES = {"int": int, "float": float, "str": str}
 
 
 def instruction_rows(dataset_dir: Path, out: Path, per_task: int, seed: int) -> Path:
@@ -86,8 +85,7 @@ def main(argv=None) -> int:
                          "every resolution; shapes_preset.build_shapes_components(pooled_text=True)).")
     for name in PASSED_THROUGH:  # TrainConfig's default and help
         f = TRAIN_FIELDS[name]
-        ap.add_argument("--" + name.replace("_", "-"), type=TYPES[str(f.type).split(" ")[0]], default=f.default,
-                        choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (TrainConfig.{name})")
+        add_field_argument(ap, f, default=f.default, help=f"{f.metadata['help']} (TrainConfig.{name})")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")

@@ -172,19 +172,22 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def add_field_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, default=None, help: str = "") -> None:
+    """Add the ``--flag`` of one config field: its type, choices and ``help``, with ``default``."""
+    flag = "--" + f.name.replace("_", "-")
+    if f.type in ("bool", bool):
+        parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help)
+    elif "list" in str(f.type):
+        parser.add_argument(flag, dest=f.name, nargs="+", default=default, help=help)
+    else:
+        typ = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        parser.add_argument(flag, dest=f.name, type=typ, default=default, choices=f.metadata.get("choices"), help=help)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
     """Add one ``--flag`` per config field (defaults are None so a --config file's values survive)."""
     for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        meta = f.metadata
-        help_text = f"{meta.get('help', '')} (default: {f.default})"
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif "list" in str(f.type):
-            parser.add_argument(flag, dest=f.name, nargs="+", default=None, help=help_text)
-        else:
-            typ = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            parser.add_argument(flag, dest=f.name, type=typ, default=None, choices=meta.get("choices"), help=help_text)
+        add_field_argument(parser, f, help=f"{f.metadata.get('help', '')} (default: {f.default})")
 
 
 def config_from_args(args: argparse.Namespace, cls=TrainConfig):
