@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # after the path insert
-from multiedit.training.config import LOSS_TYPES, TrainConfig, add_field_argument  # noqa: E402
+from multiedit.training.config import TrainConfig, add_field_argument  # noqa: E402
 
 DEFAULT_OUT = ROOT / "multiedit" / "assets" / "default-model"
 # flags that pass a TrainConfig field through unchanged, with its default and help (the committed model: defaults)
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=2000, help="UNet training steps.")
     ap.add_argument("--batch-size", type=int, default=32, help="UNet batch size.")
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
-    ap.add_argument("--loss-type", default="l1", choices=list(LOSS_TYPES),
-                    help="Penalty of the prediction error (TrainConfig.loss_type; the committed model: l1).")
+    add_field_argument(ap, TRAIN_FIELDS["loss_type"], default="l1",
+                       help="Penalty of the prediction error (TrainConfig.loss_type; the committed model: l1).")
     ap.add_argument("--pooled-text", action="store_true",
                     help="Build the preset with the instruction also pooled into the timestep embedding (FiLM at "
                          "every resolution; shapes_preset.build_shapes_components(pooled_text=True)).")
