@@ -172,7 +172,8 @@ def penalty(err: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1) -> t
     if loss_type == "berhu":
         a = err.abs()
         return torch.where(a <= huber_c, a, (err**2 + huber_c**2) / (2 * huber_c))
-    return 2 * huber_c * (torch.sqrt(err**2 + huber_c**2) - huber_c)
+    sq = err**2  # 2c·(√(sq + c²) − c) written without its cancellation, which loses float32 digits when c ≫ |err|
+    return 2 * huber_c * sq / (torch.sqrt(sq + huber_c**2) + huber_c)
 
 
 def weighted_penalty(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, loss_type: str = "l2",
