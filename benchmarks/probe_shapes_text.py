@@ -52,15 +52,13 @@ def instructions(tasks, split: str, phrasing: str, n: int) -> tuple[list[str], t
 
 @torch.no_grad()
 def states(pipe, texts: list[str], view: str) -> torch.Tensor:
-    ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids
-    h = torch.cat([pipe.text_encoder(ids[i : i + 256])[0] for i in range(0, len(ids), 256)])
+    """The text states the UNet is given (``pipe.encode_prompt``, no guidance branches), in ``view``."""
+    h = pipe.encode_prompt(texts, pipe.device, num_images_per_prompt=1, do_cfg=False)
     return h.mean(1) if view == "mean" else h.flatten(1)
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 500):
     """A standardised linear softmax probe (full-batch Adam, small L2); returns a predict function."""
-    torch.manual_seed(0)
     mu, sd = x.mean(0), x.std(0) + 1e-6
     w = torch.zeros(x.shape[1], classes, requires_grad=True)
     b = torch.zeros(classes, requires_grad=True)
@@ -95,12 +93,12 @@ def main(argv=None) -> int:
         tests = {p: instructions(tasks, "test", p, max(1, args.n // 3)) for p in ("train", "test")}
         for view in ("mean", "tokens"):
             x = states(pipe, fit[0], view)
+            x_test = {p: states(pipe, t[0], view) for p, t in tests.items()}
             cells = []
             for target, classes in ((1, len(COLOURS)), (2, len(KINDS))):
                 predict = fit_probe(x, fit[target], classes)
                 for p in ("train", "test"):
-                    t = tests[p]
-                    cells.append(float((predict(states(pipe, t[0], view)) == t[target]).float().mean()))
+                    cells.append(float((predict(x_test[p]) == tests[p][target]).float().mean()))
             print(f"| {label} | {view} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     return 0
 
