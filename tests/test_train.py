@@ -201,6 +201,48 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(zoo, data, tmp_pa
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
 
 
+def token_pipeline(zoo, out):
+    """The test pipeline with a cross-attention task token per task, saved to ``out``."""
+    from multiedit.task_unet import TaskTokenEmbedding
+
+    pipe = MultiEditPipeline.from_pretrained(zoo("pipeline"))
+    pipe.register_modules(task_tokens=TaskTokenEmbedding(len(pipe.task_names), pipe.unet.config.cross_attention_dim))
+    pipe.save_pretrained(out, safe_serialization=True)
+    return str(out)
+
+
+def token_weights(folder):
+    return load_file(str(folder / "task_tokens" / "diffusion_pytorch_model.safetensors"))["embedding.weight"]
+
+
+def test_resume_keeps_the_trained_task_tokens(zoo, data, tmp_path):
+    # The tokens train beside the UNet, outside accelerate's prepare: a checkpoint must hold them too.
+    common = dict(model=token_pipeline(zoo, tmp_path / "base"), max_steps=4, checkpointing_steps=10,
+                  cache_latents=True, use_ema=False)
+    train(cfg(zoo, data, tmp_path / "a", **common))
+    train(cfg(zoo, data, tmp_path / "b", stop_after_steps=2, **common))
+    train(cfg(zoo, data, tmp_path / "b", resume="latest", **common))
+    a, b = token_weights(tmp_path / "a"), token_weights(tmp_path / "b")
+    assert torch.count_nonzero(a.abs().sum(1)) == 3  # the rows of the data's three tasks trained (from zero)
+    assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    for k, v in unet_weights(tmp_path / "a").items():
+        assert torch.allclose(v, unet_weights(tmp_path / "b")[k], atol=1e-6, rtol=0), k
+
+
+def test_ema_run_exports_the_task_tokens_ema_weights(zoo, data, tmp_path):
+    out = tmp_path / "e"
+    train(cfg(zoo, data, out, model=token_pipeline(zoo, tmp_path / "base"), max_steps=4, checkpointing_steps=4,
+              use_ema=True, ema_decay=0.9))
+    ckpt = out / "checkpoints" / "checkpoint-0000004"
+    # accelerate numbers the registered objects: 0 the train state, 1 the EMA, 2 the task tokens (live weights)
+    shadow = torch.load(ckpt / "custom_checkpoint_1.pkl", weights_only=True)["shadow_params"]
+    live = torch.load(ckpt / "custom_checkpoint_2.pkl", weights_only=True)["embedding.weight"]
+    exported = token_weights(out)
+    # the EMA's parameter order starts with the task group: the task table, then the tokens
+    assert torch.equal(unet_weights(out)["class_embedding.weight"], shadow[0])
+    assert torch.equal(exported, shadow[1]) and not torch.allclose(exported, live)
+
+
 def test_tasks_mode_changes_only_the_task_table(zoo, data, tmp_path):
     train(cfg(zoo, data, tmp_path / "t", train_mode="tasks", max_steps=3))  # one epoch: every row
     before, after = unet_weights(zoo("pipeline")), unet_weights(tmp_path / "t")

@@ -25,7 +25,7 @@ from .data import build_dataset, collate
 from .encoding import Encoder, LatentCache
 from .objective import diffusion_loss, timestep_bias_weights
 from .state import TrainState, checkpoint_dirs, find_checkpoint, prune_checkpoints
-from .trainable import apply_trainable, export_unet
+from .trainable import apply_trainable, export_trained
 from .validation import save_validation
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ def train(cfg: TrainConfig) -> Path:
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
     task_tokens = pipe.task_tokens.to(device) if pipe.task_tokens is not None else None
+    if task_tokens is not None:  # trained beside the UNet but outside accelerate's prepare: checkpoint them too
+        accelerator.register_for_checkpointing(task_tokens)
     residual = bool(pipe.config.get("residual", False))
 
     # 4. Resume
@@ -221,7 +223,8 @@ def train(cfg: TrainConfig) -> Path:
         accelerator.end_training()
         return out
     if accelerator.is_main_process:
-        pipe.unet = export_unet(accelerator.unwrap_model(unet), ema, params, cfg)
+        pipe.unet, pipe.task_tokens = export_trained(accelerator.unwrap_model(unet), pipe.task_tokens, ema, params,
+                                                     cfg)
         save_validation(pipe, pipe.unet, None, [], dataset, cfg, out, state.step, accelerator)
         save_pipeline(pipe, out, cfg)
     accelerator.end_training()

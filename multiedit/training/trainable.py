@@ -46,22 +46,24 @@ def apply_trainable(pipe, cfg):
     return groups, ema
 
 
-def export_unet(unet, ema, params, cfg):
-    """A plain ``UNet2DConditionModel`` with the final (EMA) weights and any LoRA fused in.
+def export_trained(unet, task_tokens, ema, params, cfg):
+    """(UNet, task tokens): plain copies with the final (EMA) weights, any LoRA fused into the UNet.
 
-    ``params`` are the trained parameters in the order the EMA was built with.
+    ``task_tokens`` (None without them) train beside the UNet, so under EMA they are exported with their EMA
+    weights too. ``params`` are the trained parameters in the order the EMA was built with.
     """
     if ema is not None:
         ema.store(params)
         ema.copy_to(params)
-        try:
-            unet = copy.deepcopy(unet)
-        finally:
+    try:
+        unet, task_tokens = copy.deepcopy(unet), copy.deepcopy(task_tokens)
+    finally:
+        if ema is not None:
             ema.restore(params)
-    else:
-        unet = copy.deepcopy(unet)
     if cfg.train_mode == "lora":
         unet.fuse_lora()
         unet.unload_lora()
     unet.requires_grad_(False)
-    return (unet if unet.dtype == torch.float32 else unet.to(torch.float32)).eval()
+    if task_tokens is not None:
+        task_tokens = task_tokens.requires_grad_(False).to(torch.float32).eval()
+    return (unet if unet.dtype == torch.float32 else unet.to(torch.float32)).eval(), task_tokens
