@@ -92,6 +92,8 @@ def main(argv=None) -> int:
         others = shapes[:, None].float() * (1 - region)  # the source scene's shapes, less the edited region
         text = pipe.encode_prompt([r["edit_prompt"] for r in rows], "cpu", 1, False)
         ids = torch.tensor([pipe.task_id(args.task)] * len(rows))
+        if pipe.task_tokens is not None:  # the cross-attention task token, as the pipeline appends it
+            text = torch.cat([text, pipe.task_tokens(ids).to(text)], dim=1)
         noise = torch.randn(change.shape, generator=torch.Generator().manual_seed(args.seed))
         acp = pipe.scheduler.alphas_cumprod
 
