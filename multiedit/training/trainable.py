@@ -1,4 +1,4 @@
-"""What trains (``train_mode``) and how the trained UNet is exported."""
+"""What trains (``train_mode``) and how the trained UNet and task tokens are exported."""
 
 from __future__ import annotations
 
