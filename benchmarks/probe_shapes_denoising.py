@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         text = pipe.encode_prompt([r["edit_prompt"] for r in rows], "cpu", 1, False)
         ids = torch.tensor([pipe.task_id(args.task)] * len(rows))
         if pipe.task_tokens is not None:  # the cross-attention task token, as the pipeline appends it
-            text = torch.cat([text, pipe.task_tokens(ids).to(text)], dim=1)
+            text = pipe.task_tokens.append_to(text, ids)
         noise = torch.randn(change.shape, generator=torch.Generator().manual_seed(args.seed))
         acp = pipe.scheduler.alphas_cumprod
 

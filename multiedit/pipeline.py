@@ -266,7 +266,7 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         # 2. Encode the instruction (+ the optional cross-attention task token)
         prompt_embeds = self.encode_prompt(prompts, device, num_images_per_prompt, do_cfg, negative_prompt)
         if self.task_tokens is not None:
-            prompt_embeds = torch.cat([prompt_embeds, self.task_tokens(ids).to(prompt_embeds)], dim=1)
+            prompt_embeds = self.task_tokens.append_to(prompt_embeds, ids)
 
         # 3. Preprocess the source image
         image = self.image_processor.preprocess(image)

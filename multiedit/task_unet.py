@@ -100,7 +100,7 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> None:
 class TaskTokenEmbedding(ModelMixin, ConfigMixin):
     """Optional task token for cross-attention (Emu Edit §3.2): one ``cross_attention_dim`` vector per task.
 
-    The pipeline appends ``self(task_ids)[:, None, :]`` to the text encoder's hidden states, making
+    The pipeline appends ``self(task_ids)[:, None, :]`` to the text encoder's hidden states (``append_to``), making
     the sequence one token longer. Rows start at zero.
     """
 
@@ -113,6 +113,10 @@ class TaskTokenEmbedding(ModelMixin, ConfigMixin):
     def forward(self, task_ids: torch.Tensor) -> torch.Tensor:
         """``task_ids``: (B,) long → (B, 1, cross_attention_dim)."""
         return self.embedding(task_ids)[:, None, :]
+
+    def append_to(self, states: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """``states`` (B, L, D) with each row's task token appended: (B, L + 1, D), in ``states``' dtype."""
+        return torch.cat([states, self(task_ids).to(states)], dim=1)
 
     def resize(self, num_tasks: int, init: torch.Tensor | None = None) -> None:
         old = self.embedding

@@ -101,7 +101,7 @@ def diffusion_loss(
         text = torch.where(drop_text[:, None, None], cond.null_text_embed.to(text), text)
         source = source * (~drop_image).to(source.dtype)[:, None, None, None]
     if task_tokens is not None:
-        text = torch.cat([text, task_tokens(cond.task_ids).to(text)], dim=1)
+        text = task_tokens.append_to(text, cond.task_ids)
 
     pred = unet(torch.cat([noisy, source], dim=1), timesteps, encoder_hidden_states=text,
                 class_labels=cond.task_ids).sample
