@@ -202,12 +202,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(zoo, data, tmp_pa
 
 
 def token_pipeline(zoo, out):
-    """The test pipeline with a cross-attention task token per task, saved to ``out``."""
-    from multiedit.task_unet import TaskTokenEmbedding
-
-    pipe = MultiEditPipeline.from_pretrained(zoo("pipeline"))
-    pipe.register_modules(task_tokens=TaskTokenEmbedding(len(pipe.task_names), pipe.unet.config.cross_attention_dim))
-    pipe.save_pretrained(out, safe_serialization=True)
+    """The test pipeline with a cross-attention task token per task (``multiedit init --task-token``), saved."""
+    MultiEditPipeline.from_base(zoo("ip2p"), task_token=True).save_pretrained(out, safe_serialization=True)
     return str(out)
 
 
