@@ -7,11 +7,17 @@ The preset's text encoder is random and frozen, so the UNet can only ground "rem
 colour and kind of the named shape can be read off the encoder's states. This fits a linear probe
 (multinomial logistic regression) from those states to the named shape's colour (6 classes) and kind (3)
 on training-split instructions with the training wordings, and scores it on test-split instructions worded
-with the training and with the held-out templates. Two views of the states:
+with the training and with the held-out templates. Views of the states:
 
 - ``mean``: the mean over all token positions, padding included — what the FiLM pooling
   (``addition_embed_type="text"``) starts its query from;
-- ``tokens``: every position's state side by side — what cross-attention or the pooling can reach.
+- ``tokens``: every position's state side by side — what cross-attention or the pooling can reach;
+- ``pooled``: for a model with FiLM text (``--pooled-text``), the UNet's ``add_embedding`` of the states — the
+  vector every ResNet block is scaled and shifted by. If it names the shape as well as the states do, the
+  pooling is not what loses the words.
+
+A model with a cross-attention task token (``multiedit init --task-token``) gets each instruction's token
+appended to its states first, as the pipeline does.
 
 Instructions come from the region tasks that name a shape (add: the added shape; remove, local, texture,
 detect, segment: the shape they change), first from remove alone, then from all of them mixed, where the
@@ -33,12 +39,12 @@ sys.path.insert(0, str(ROOT))
 SHAPE_TASKS = ("add", "remove", "local", "texture", "detect", "segment")
 
 
-def instructions(tasks, split: str, phrasing: str, n: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """``n`` instructions per task and the named shape's colour and kind indices."""
+def instructions(tasks, split: str, phrasing: str, n: int) -> tuple[list[str], torch.Tensor, torch.Tensor, list[str]]:
+    """``n`` instructions per task, the named shape's colour and kind indices, and each instruction's task."""
     from multiedit.datagen.shapes import make_example
     from multiedit.datagen.shapes.world import COLOURS, KINDS
 
-    texts, colour, kind = [], [], []
+    texts, colour, kind, names = [], [], [], []
     for task in tasks:
         for i in range(n):
             row = make_example(task, i, seed=0, split=split, phrasing=phrasing)
@@ -47,13 +53,24 @@ def instructions(tasks, split: str, phrasing: str, n: int) -> tuple[list[str], t
             texts.append(row["edit_prompt"])
             colour.append(list(COLOURS).index(c))
             kind.append(KINDS.index(k))
-    return texts, torch.tensor(colour), torch.tensor(kind)
+            names.append(task)
+    return texts, torch.tensor(colour), torch.tensor(kind), names
+
+
+def views(pipe) -> tuple[str, ...]:
+    pooled = getattr(pipe.unet.config, "addition_embed_type", None) == "text"
+    return ("mean", "tokens", "pooled") if pooled else ("mean", "tokens")
 
 
 @torch.no_grad()
-def states(pipe, texts: list[str], view: str) -> torch.Tensor:
-    """The text states the UNet is given (``pipe.encode_prompt``, no guidance branches), in ``view``."""
+def states(pipe, texts: list[str], tasks: list[str], view: str) -> torch.Tensor:
+    """The text states the UNet is given (``pipe.encode_prompt``, no guidance branches; each instruction's task
+    token appended if the model has them), in ``view``."""
     h = pipe.encode_prompt(texts, pipe.device, num_images_per_prompt=1, do_cfg=False)
+    if pipe.task_tokens is not None:
+        h = pipe.task_tokens.append_to(h, torch.tensor([pipe.task_id(t) for t in tasks], device=h.device))
+    if view == "pooled":
+        return pipe.unet.add_embedding(h)
     return h.mean(1) if view == "mean" else h.flatten(1)
 
 
@@ -91,9 +108,9 @@ def main(argv=None) -> int:
     for label, tasks in (("remove", ("remove",)), ("six region tasks", SHAPE_TASKS)):
         fit = instructions(tasks, "train", "train", args.n)
         tests = {p: instructions(tasks, "test", p, max(1, args.n // 3)) for p in ("train", "test")}
-        for view in ("mean", "tokens"):
-            x = states(pipe, fit[0], view)
-            x_test = {p: states(pipe, t[0], view) for p, t in tests.items()}
+        for view in views(pipe):
+            x = states(pipe, fit[0], fit[3], view)
+            x_test = {p: states(pipe, t[0], t[3], view) for p, t in tests.items()}
             cells = []
             for target, classes in ((1, len(COLOURS)), (2, len(KINDS))):
                 predict = fit_probe(x, fit[target], classes)
