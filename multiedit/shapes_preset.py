@@ -144,10 +144,14 @@ def reconstruction_error(vae, images: torch.Tensor) -> float:
     return float((rec - images).abs().mean() / 2)
 
 
-def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0, pooled_text: bool = False):
+def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0, pooled_text: bool = False,
+                          task_token: bool = False):
     """The untrained preset pipeline (its autoencoder exact by construction); saved to ``out`` when given.
-    ``pooled_text``: see :func:`build_shapes_components`. Returns the pipeline."""
+    ``pooled_text``: see :func:`build_shapes_components`. ``task_token`` adds a
+    :class:`~multiedit.task_unet.TaskTokenEmbedding` (the task also as one more cross-attention token, Emu Edit
+    §3.2; rows start at zero). Returns the pipeline."""
     from .pipeline import MultiEditPipeline
+    from .task_unet import TaskTokenEmbedding
     from .tasks import list_tasks
 
     parts = build_shapes_components(seed, pooled_text=pooled_text)
@@ -155,7 +159,9 @@ def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0, pooled_t
     # Stable Diffusion scales latents to unit variance (its 0.18215). Here latents are pixels in [-1, 1]
     # already; 1/std (3.3 on this world) would scale night/invert changes to ±6, far outside the noise.
     parts["vae"].register_to_config(scaling_factor=1.0)
-    pipe = MultiEditPipeline(**parts, task_names=list_tasks(), residual=True)
+    names = list_tasks()
+    tokens = TaskTokenEmbedding(len(names), parts["unet"].config.cross_attention_dim) if task_token else None
+    pipe = MultiEditPipeline(**parts, task_tokens=tokens, task_names=names, residual=True)
     if out is not None:
         pipe.save_pretrained(out, safe_serialization=True)
     return pipe

@@ -83,6 +83,15 @@ def main(argv=None) -> int:
     ap.add_argument("--pooled-text", action="store_true",
                     help="Build the preset with the instruction also pooled into the timestep embedding (FiLM at "
                          "every resolution; shapes_preset.build_shapes_components(pooled_text=True)).")
+    ap.add_argument("--task-token", action="store_true",
+                    help="Build the preset with the task also as one more cross-attention token (Emu Edit §3.2; "
+                         "shapes_preset.build_shapes_pipeline(task_token=True)), trained with the UNet.")
+    add_field_argument(ap, TRAIN_FIELDS["lr_scheduler"], default="cosine",
+                       help="diffusers LR schedule (TrainConfig.lr_scheduler; the committed model: cosine).")
+    add_field_argument(ap, TRAIN_FIELDS["lr_warmup_steps"], default=50,
+                       help="LR warm-up steps (TrainConfig.lr_warmup_steps; the committed model: 50).")
+    add_field_argument(ap, TRAIN_FIELDS["use_ema"], default=True,
+                       help="Export the EMA of the weights, decay 0.999 (TrainConfig.use_ema; the committed model: on).")
     for name in PASSED_THROUGH:  # TrainConfig's default and help
         f = TRAIN_FIELDS[name]
         add_field_argument(ap, f, default=f.default, help=f"{f.metadata['help']} (TrainConfig.{name})")
@@ -125,18 +134,22 @@ def main(argv=None) -> int:
     t = time.time()
     base = work / "base"  # the autoencoder needs no training
     if not (base / "model_index.json").is_file():
-        build_shapes_pipeline(base, seed=args.seed, pooled_text=args.pooled_text)
-    elif (json.loads((base / "unet" / "config.json").read_text()).get("addition_embed_type") == "text"
-          ) != args.pooled_text:
-        sys.exit(f"error: {base} was built {'without' if args.pooled_text else 'with'} --pooled-text; rerun with the "
-                 "same setting or use another --work folder.")
+        build_shapes_pipeline(base, seed=args.seed, pooled_text=args.pooled_text, task_token=args.task_token)
+    else:
+        built = {"--pooled-text": json.loads((base / "unet" / "config.json").read_text()).get("addition_embed_type")
+                 == "text", "--task-token": (base / "task_tokens").is_dir()}
+        for flag, was in built.items():
+            if was != getattr(args, flag[2:].replace("-", "_")):
+                sys.exit(f"error: {base} was built {'with' if was else 'without'} {flag}; rerun with the same "
+                         "setting or use another --work folder.")
     times["base_s"] = time.time() - t
 
     t = time.time()
     run = work / ("run-notask" if args.no_task_embedding else "run")
     cfg = TrainConfig(
         model=str(base), dataset=str(data), out=str(run), resolution=RESOLUTION, max_steps=args.max_steps,
-        batch_size=args.batch_size, lr=args.lr, lr_scheduler="cosine", lr_warmup_steps=50, use_ema=True,
+        batch_size=args.batch_size, lr=args.lr, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+        use_ema=args.use_ema,
         ema_decay=0.999, cache_latents=True, cache_variants=1, augment="none", random_flip=False, seed=args.seed,
         report_to="none", checkpointing_steps=250, checkpoints_total_limit=1, num_validation_samples=4,
         validation_inference_steps=10, loss_type=args.loss_type,

@@ -418,12 +418,14 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     args = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "model"), "--per-task", "2", "--max-steps", "2",
             "--batch-size", "4", "--classifier-epochs", "1", "--huber-c", "0.2",
             "--l2-warmup-steps", "1", "--pooled-text", "--timestep-bias-strategy", "later",
-            "--timestep-bias-multiplier", "3", "--task-loss-balance", "0.5"]
+            "--timestep-bias-multiplier", "3", "--task-loss-balance", "0.5", "--task-token",
+            "--lr-scheduler", "constant", "--lr-warmup-steps", "0", "--no-use-ema"]
     assert script.main(args) == 0
     settings = json.loads((tmp_path / "model" / "training_time.json").read_text())
     assert settings["max_steps"] == 2 and settings["seed"] == 0 and settings["times"]["unet_s"] > 0
     run = json.loads((tmp_path / "w" / "run" / "training_config.json").read_text())
-    assert run["max_steps"] == 2 and run["use_ema"] and run["augment"] == "none" and not run["random_flip"]
+    assert run["max_steps"] == 2 and run["augment"] == "none" and not run["random_flip"]
+    assert (run["lr_scheduler"], run["lr_warmup_steps"], run["use_ema"]) == ("constant", 0, False)  # passed through
     assert run["loss_type"] == settings["loss_type"] == "l1"  # the committed model's penalty, recorded for inversion
     assert run["huber_c"] == settings["huber_c"] == 0.2  # --huber-c reaches the training config
     assert run["l2_warmup_steps"] == settings["l2_warmup_steps"] == 1  # and so does --l2-warmup-steps
@@ -432,10 +434,13 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     pipe = MultiEditPipeline.from_pretrained(tmp_path / "model")
     assert pipe.task_classifier is not None and pipe.config.residual
     assert pipe.unet.config.addition_embed_type == "text" and settings["pooled_text"]  # --pooled-text built the base
+    assert pipe.task_tokens is not None and pipe.task_tokens.embedding.weight.abs().sum() > 0  # trained, exported
     classifier_mtime = (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime
     assert script.main(args) == 0  # everything done is kept: the classifier is not retrained
     assert (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime == classifier_mtime
     with pytest.raises(SystemExit, match="was built with --pooled-text; rerun with the same setting"):
         script.main([a for a in args if a != "--pooled-text"])  # the kept base must match the flag
+    with pytest.raises(SystemExit, match="was built with --task-token; rerun with the same setting"):
+        script.main([a for a in args if a != "--task-token"])
     with pytest.raises(SystemExit, match="--task-loss-balance would weigh nothing"):
         script.main(args + ["--no-task-embedding"])  # one label: the balance would silently be off
