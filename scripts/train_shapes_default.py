@@ -45,10 +45,12 @@ sys.path.insert(0, str(ROOT))
 from multiedit.training.config import TrainConfig, add_field_argument  # noqa: E402
 
 DEFAULT_OUT = ROOT / "multiedit" / "assets" / "default-model"
-# flags that pass a TrainConfig field through unchanged, with its default and help (the committed model: defaults)
+# flags that pass a TrainConfig field through unchanged, with its help; the default is the committed model's
+# setting, which is TrainConfig's own default unless COMMITTED names it
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-PASSED_THROUGH = ("snr_gamma", "huber_c", "l2_warmup_steps", "timestep_bias_strategy", "timestep_bias_multiplier",
-                  "timestep_bias_portion", "task_loss_balance")
+COMMITTED = {"loss_type": "l1", "lr_scheduler": "cosine", "lr_warmup_steps": 50, "use_ema": True}
+PASSED_THROUGH = ("loss_type", "lr_scheduler", "lr_warmup_steps", "use_ema", "snr_gamma", "huber_c", "l2_warmup_steps",
+                  "timestep_bias_strategy", "timestep_bias_multiplier", "timestep_bias_portion", "task_loss_balance")
 
 
 def instruction_rows(dataset_dir: Path, out: Path, per_task: int, seed: int) -> Path:
@@ -78,23 +80,17 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=2000, help="UNet training steps.")
     ap.add_argument("--batch-size", type=int, default=32, help="UNet batch size.")
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
-    add_field_argument(ap, TRAIN_FIELDS["loss_type"], default="l1",
-                       help="Penalty of the prediction error (TrainConfig.loss_type; the committed model: l1).")
     ap.add_argument("--pooled-text", action="store_true",
                     help="Build the preset with the instruction also pooled into the timestep embedding (FiLM at "
                          "every resolution; shapes_preset.build_shapes_components(pooled_text=True)).")
     ap.add_argument("--task-token", action="store_true",
                     help="Build the preset with the task also as one more cross-attention token (Emu Edit §3.2; "
                          "shapes_preset.build_shapes_pipeline(task_token=True)), trained with the UNet.")
-    add_field_argument(ap, TRAIN_FIELDS["lr_scheduler"], default="cosine",
-                       help="diffusers LR schedule (TrainConfig.lr_scheduler; the committed model: cosine).")
-    add_field_argument(ap, TRAIN_FIELDS["lr_warmup_steps"], default=50,
-                       help="LR warm-up steps (TrainConfig.lr_warmup_steps; the committed model: 50).")
-    add_field_argument(ap, TRAIN_FIELDS["use_ema"], default=True,
-                       help="Export the EMA of the weights, decay 0.999 (TrainConfig.use_ema; the committed model: on).")
-    for name in PASSED_THROUGH:  # TrainConfig's default and help
+    for name in PASSED_THROUGH:
         f = TRAIN_FIELDS[name]
-        add_field_argument(ap, f, default=f.default, help=f"{f.metadata['help']} (TrainConfig.{name})")
+        default = COMMITTED.get(name, f.default)
+        add_field_argument(ap, f, default=default,
+                           help=f"{f.metadata['help']} (TrainConfig.{name}; the committed model: {default})")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
@@ -148,11 +144,9 @@ def main(argv=None) -> int:
     run = work / ("run-notask" if args.no_task_embedding else "run")
     cfg = TrainConfig(
         model=str(base), dataset=str(data), out=str(run), resolution=RESOLUTION, max_steps=args.max_steps,
-        batch_size=args.batch_size, lr=args.lr, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
-        use_ema=args.use_ema,
-        ema_decay=0.999, cache_latents=True, cache_variants=1, augment="none", random_flip=False, seed=args.seed,
-        report_to="none", checkpointing_steps=250, checkpoints_total_limit=1, num_validation_samples=4,
-        validation_inference_steps=10, loss_type=args.loss_type,
+        batch_size=args.batch_size, lr=args.lr, ema_decay=0.999, cache_latents=True, cache_variants=1,
+        augment="none", random_flip=False, seed=args.seed, report_to="none", checkpointing_steps=250,
+        checkpoints_total_limit=1, num_validation_samples=4, validation_inference_steps=10,
         **{name: getattr(args, name) for name in PASSED_THROUGH},
         resume="latest" if (run / "checkpoints").is_dir() else None,
     )
