@@ -25,6 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import classifier as _classifier  # noqa: F401  (diffusers finds TaskClassifierModel's module in sys.modules)
 from .errors import MultiEditError
+from .position_code import append_position_code, check_position_channels
 from .task_unet import TaskTokenEmbedding, add_task_table, task_table, widen_conv_in
 
 TaskSpec = str | int | None
@@ -57,6 +58,9 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         residual (bool): residual diffusion — the model denoises the latent *change*
             ``z_edit − z_src`` (both scaled by the VAE factor) and the edit is ``z_src + sample``. Off by
             default (IP2P diffuses ``z_edit``); small models trained from scratch gain most from it.
+        position_channels (int): coordinate channels appended to the UNet input after the noisy and source
+            latents (:mod:`multiedit.position_code`; 0, the default, appends none). The UNet then takes
+            ``2 · latent_channels + position_channels`` input channels.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -75,6 +79,7 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         classifier_tokenizer: Any = None,
         task_names: list[str] | None = None,
         residual: bool = False,
+        position_channels: int = 0,
     ):
         super().__init__()
         self.register_modules(
@@ -96,28 +101,33 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
             )
         if len(set(task_names)) != len(task_names):
             raise MultiEditError(f"Duplicate task names in the pipeline config: {task_names}.")
-        self.register_to_config(task_names=task_names, residual=bool(residual))
+        check_position_channels(position_channels)
+        self.register_to_config(task_names=task_names, residual=bool(residual), position_channels=position_channels)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_base(cls, path: str | Path, tasks: list[str] | None = None, task_token: bool = False,
-                  residual: bool = False, prediction_type: str | None = None, **kwargs):
+                  residual: bool = False, prediction_type: str | None = None, position_channels: int = 0, **kwargs):
         """Turn a Stable Diffusion or InstructPix2Pix pipeline folder into a task-conditioned pipeline.
 
         A 4-channel SD UNet is widened to 8 input channels with the new weights at zero (Brooks §3.2);
         an 8-channel IP2P UNet is used as it is. The task table gets one zero row per task in
         ``tasks`` (default: every registered task). ``residual`` and ``prediction_type`` (``epsilon``,
-        ``v_prediction`` or ``sample``, set on the scheduler) choose the parameterisation for training from here. A
-        folder that already holds a MultiEditPipeline is loaded as it is.
+        ``v_prediction`` or ``sample``, set on the scheduler) choose the parameterisation for training from here.
+        ``position_channels`` appends that many coordinate channels (see :meth:`add_position_code`), also to a
+        folder that already holds a MultiEditPipeline, which is otherwise loaded as it is.
         """
         from .model_folder import check_pipeline_folder, load_components
 
         path = Path(path) if Path(str(path)).exists() else path
         index = check_pipeline_folder(path)
         if index.get("_class_name") == cls.__name__:
-            return cls.from_pretrained(path, **kwargs)
+            pipe = cls.from_pretrained(path, **kwargs)
+            if position_channels:
+                pipe.add_position_code(position_channels)
+            return pipe
         from .tasks import get_task, list_tasks
 
         names = list(tasks) if tasks else list_tasks()
@@ -135,7 +145,22 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
                 raise MultiEditError(f"prediction_type={prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}.")
             sched = parts["scheduler"]
             parts["scheduler"] = sched.__class__.from_config(sched.config, prediction_type=prediction_type)
-        return cls(**parts, task_tokens=tokens, task_names=names, residual=residual)
+        pipe = cls(**parts, task_tokens=tokens, task_names=names, residual=residual)
+        if position_channels:
+            pipe.add_position_code(position_channels)
+        return pipe
+
+    def add_position_code(self, channels: int) -> None:
+        """Append ``channels`` coordinate channels (:mod:`multiedit.position_code`) to the UNet input.
+
+        ``conv_in`` is widened with the new weights at zero, so the pipeline computes exactly what it did until
+        training moves them; fine-tuning a trained model from here keeps everything it learned.
+        """
+        channels = check_position_channels(channels)
+        if self.config.get("position_channels", 0):
+            raise MultiEditError(f"This model already has {self.config.position_channels} position channels.")
+        widen_conv_in(self.unet, in_channels=self.unet.config.in_channels + channels)
+        self.register_to_config(position_channels=channels)
 
     # ------------------------------------------------------------------ tasks
     @property
@@ -286,18 +311,21 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
         latents = latents.to(device) * self.scheduler.init_noise_sigma
-        if self.unet.config.in_channels != shape[1] + image_latents.shape[1]:
+        position_channels = self.config.get("position_channels", 0)
+        if self.unet.config.in_channels != shape[1] + image_latents.shape[1] + position_channels:
             raise MultiEditError(
-                f"The UNet takes {self.unet.config.in_channels} input channels, but the latent and source latent have "
-                f"{shape[1]} + {image_latents.shape[1]}; convert the model with `multiedit init`."
+                f"The UNet takes {self.unet.config.in_channels} input channels, but the latent, source latent and "
+                f"position code have {shape[1]} + {image_latents.shape[1]} + {position_channels}; convert the model "
+                "with `multiedit init`."
             )
+        condition = append_position_code(image_latents, position_channels)  # the same every step
         step_kwargs = self._step_kwargs(generator, eta)
 
         # 7. Denoising loop: three branches [text+image, image only, neither] in one UNet call
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 model_in = torch.cat([latents] * branches) if do_cfg else latents
-                model_in = torch.cat([self.scheduler.scale_model_input(model_in, t), image_latents], dim=1)
+                model_in = torch.cat([self.scheduler.scale_model_input(model_in, t), condition], dim=1)
                 pred = self.unet(
                     model_in, t, encoder_hidden_states=prompt_embeds, class_labels=ids,
                     cross_attention_kwargs=cross_attention_kwargs, return_dict=False,

@@ -43,7 +43,7 @@ RESOLUTION = 64
 LATENT_CHANNELS = 4  # colour in channels 0-2; channel 3 is always 0
 
 
-def build_shapes_components(seed: int = 0, pooled_text: bool = False) -> dict:
+def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_channels: int = 0) -> dict:
     """Untrained ``vae``, ``text_encoder``, ``tokenizer``, ``unet`` and ``scheduler`` of the preset.
 
     ``pooled_text`` also feeds the instruction to every ResNet block, at every resolution: diffusers'
@@ -53,6 +53,9 @@ def build_shapes_components(seed: int = 0, pooled_text: bool = False) -> dict:
     reads the words at 16×16 and 8×8 only; with FiLM the full-resolution features can be gated by the words
     too. Same step time. On remove alone it is what made the model pick the named shape out of three
     (README, ShapesWorld); the committed default model is trained without it.
+
+    ``position_channels`` widens the UNet input for that many coordinate channels (``multiedit.position_code``;
+    the pipeline must be given the same ``position_channels``).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -76,7 +79,7 @@ def build_shapes_components(seed: int = 0, pooled_text: bool = False) -> dict:
     )
     torch.manual_seed(seed + 2)
     unet = UNet2DConditionModel(
-        sample_size=RESOLUTION, in_channels=2 * LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        sample_size=RESOLUTION, in_channels=2 * LATENT_CHANNELS + position_channels, out_channels=LATENT_CHANNELS,
         block_out_channels=(16, 32, 64, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
@@ -145,23 +148,25 @@ def reconstruction_error(vae, images: torch.Tensor) -> float:
 
 
 def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0, pooled_text: bool = False,
-                          task_token: bool = False):
+                          task_token: bool = False, position_channels: int = 0):
     """The untrained preset pipeline (its autoencoder exact by construction); saved to ``out`` when given.
     ``pooled_text``: see :func:`build_shapes_components`. ``task_token`` adds a
     :class:`~multiedit.task_unet.TaskTokenEmbedding` (the task also as one more cross-attention token, Emu Edit
-    §3.2; rows start at zero). Returns the pipeline."""
+    §3.2; rows start at zero). ``position_channels`` appends that many coordinate channels to the UNet input
+    (``multiedit.position_code``; 16 lets a small model learn "top-left" faster). Returns the pipeline."""
     from .pipeline import MultiEditPipeline
     from .task_unet import TaskTokenEmbedding
     from .tasks import list_tasks
 
-    parts = build_shapes_components(seed, pooled_text=pooled_text)
+    parts = build_shapes_components(seed, pooled_text=pooled_text, position_channels=position_channels)
     make_exact_autoencoder(parts["vae"])
     # Stable Diffusion scales latents to unit variance (its 0.18215). Here latents are pixels in [-1, 1]
     # already; 1/std (3.3 on this world) would scale night/invert changes to ±6, far outside the noise.
     parts["vae"].register_to_config(scaling_factor=1.0)
     names = list_tasks()
     tokens = TaskTokenEmbedding(len(names), parts["unet"].config.cross_attention_dim) if task_token else None
-    pipe = MultiEditPipeline(**parts, task_tokens=tokens, task_names=names, residual=True)
+    pipe = MultiEditPipeline(**parts, task_tokens=tokens, task_names=names, residual=True,
+                             position_channels=position_channels)
     if out is not None:
         pipe.save_pretrained(out, safe_serialization=True)
     return pipe

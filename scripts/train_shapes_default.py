@@ -86,6 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--task-token", action="store_true",
                     help="Build the preset with the task also as one more cross-attention token (Emu Edit §3.2; "
                          "shapes_preset.build_shapes_pipeline(task_token=True)), trained with the UNet.")
+    ap.add_argument("--position-channels", type=int, default=0,
+                    help="Build the preset with this many coordinate channels appended to the UNet input (a multiple "
+                         "of 4, e.g. 16; multiedit/position_code.py). The committed model: 0.")
     for name in PASSED_THROUGH:
         f = TRAIN_FIELDS[name]
         default = COMMITTED.get(name, f.default)
@@ -98,6 +101,8 @@ def main(argv=None) -> int:
     if args.no_task_embedding and args.task_loss_balance:
         sys.exit("error: --no-task-embedding labels every pair as one task, so --task-loss-balance would weigh "
                  "nothing; drop one of them.")
+    if args.position_channels < 0 or args.position_channels % 4:
+        sys.exit(f"error: --position-channels {args.position_channels}; use 0 or a positive multiple of 4, e.g. 16.")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from multiedit.classifier import ClassifierTrainConfig, train_classifier
@@ -130,14 +135,19 @@ def main(argv=None) -> int:
     t = time.time()
     base = work / "base"  # the autoencoder needs no training
     if not (base / "model_index.json").is_file():
-        build_shapes_pipeline(base, seed=args.seed, pooled_text=args.pooled_text, task_token=args.task_token)
+        build_shapes_pipeline(base, seed=args.seed, pooled_text=args.pooled_text, task_token=args.task_token,
+                              position_channels=args.position_channels)
     else:
         built = {"--pooled-text": json.loads((base / "unet" / "config.json").read_text()).get("addition_embed_type")
-                 == "text", "--task-token": (base / "task_tokens").is_dir()}
+                 == "text", "--task-token": (base / "task_tokens").is_dir(),
+                 "--position-channels": json.loads((base / "model_index.json").read_text()).get("position_channels", 0)}
         for flag, was in built.items():
-            if was != getattr(args, flag[2:].replace("-", "_")):
-                sys.exit(f"error: {base} was built {'with' if was else 'without'} {flag}; rerun with the same "
-                         "setting or use another --work folder.")
+            want = getattr(args, flag[2:].replace("-", "_"))
+            if was != want:
+                setting = f"{flag} {was}" if isinstance(was, int) and not isinstance(was, bool) else (
+                    f"{'with' if was else 'without'} {flag}")
+                sys.exit(f"error: {base} was built {setting}; rerun with the same setting or use another --work "
+                         "folder.")
     times["base_s"] = time.time() - t
 
     t = time.time()

@@ -419,7 +419,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
             "--batch-size", "4", "--classifier-epochs", "1", "--huber-c", "0.2",
             "--l2-warmup-steps", "1", "--pooled-text", "--timestep-bias-strategy", "later",
             "--timestep-bias-multiplier", "3", "--task-loss-balance", "0.5", "--task-token",
-            "--lr-scheduler", "constant", "--lr-warmup-steps", "0", "--no-use-ema"]
+            "--lr-scheduler", "constant", "--lr-warmup-steps", "0", "--no-use-ema", "--position-channels", "4"]
     assert script.main(args) == 0
     settings = json.loads((tmp_path / "model" / "training_time.json").read_text())
     assert settings["max_steps"] == 2 and settings["seed"] == 0 and settings["times"]["unet_s"] > 0
@@ -435,6 +435,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert pipe.task_classifier is not None and pipe.config.residual
     assert pipe.unet.config.addition_embed_type == "text" and settings["pooled_text"]  # --pooled-text built the base
     assert pipe.task_tokens is not None and pipe.task_tokens.embedding.weight.abs().sum() > 0  # trained, exported
+    assert pipe.config.position_channels == 4 and pipe.unet.config.in_channels == 12  # 4 + 4 latent + 4 position
     classifier_mtime = (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime
     assert script.main(args) == 0  # everything done is kept: the classifier is not retrained
     assert (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime == classifier_mtime
@@ -442,5 +443,9 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
         script.main([a for a in args if a != "--pooled-text"])  # the kept base must match the flag
     with pytest.raises(SystemExit, match="was built with --task-token; rerun with the same setting"):
         script.main([a for a in args if a != "--task-token"])
+    with pytest.raises(SystemExit, match="was built --position-channels 4; rerun with the same setting"):
+        script.main(args[:-2])
+    with pytest.raises(SystemExit, match="--position-channels 6; use 0 or a positive multiple of 4"):
+        script.main(args[:-1] + ["6"])
     with pytest.raises(SystemExit, match="--task-loss-balance would weigh nothing"):
         script.main(args + ["--no-task-embedding"])  # one label: the balance would silently be off

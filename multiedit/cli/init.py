@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction", "sample"],
                    help="Set the scheduler's prediction type (default: keep the base model's); sample = x0, "
                         "trained with v-prediction's loss weighting.")
+    p.add_argument("--position-channels", type=int, default=0,
+                   help="Append this many coordinate channels (sine-cosine of row and column; a multiple of 4, e.g. "
+                        "16) to the UNet input, new conv_in weights at zero: lets a model learn 'top-left' (default 0).")
     p.add_argument("--classifier", help="A task classifier folder (multiedit classifier train) to hold as a component, "
                    "so `multiedit edit` works without --task.")
     p.set_defaults(func=run)
@@ -33,7 +36,8 @@ def run(args) -> int:
     if out.exists():
         raise MultiEditError(f"--out {out} already exists; choose a new folder.")
     pipe = MultiEditPipeline.from_base(args.base, tasks=args.tasks, task_token=args.task_token,
-                                       residual=args.residual, prediction_type=args.prediction_type)
+                                       residual=args.residual, prediction_type=args.prediction_type,
+                                       position_channels=args.position_channels)
     if args.classifier:
         pipe.attach_classifier(args.classifier)
     with atomic_dir(out) as tmp:

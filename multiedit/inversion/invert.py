@@ -136,7 +136,7 @@ def invert_task(cfg: InvertConfig) -> Path:
         loss = diffusion_loss(pipe.unet, scheduler, target, cond, dropout=cfg.conditioning_dropout, generator=g,
                               task_tokens=pipe.task_tokens, residual=bool(pipe.config.get("residual", False)),
                               scaling_factor=pipe.vae.config.scaling_factor, loss_type=cfg.loss_type,
-                              huber_c=cfg.huber_c)
+                              huber_c=cfg.huber_c, position_channels=pipe.config.get("position_channels", 0))
         if not torch.isfinite(loss):
             raise MultiEditError(f"The inversion loss became {loss.item()} at step {step + 1}; lower --lr.")
         optimizer.zero_grad(set_to_none=True)

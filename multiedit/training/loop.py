@@ -139,6 +139,7 @@ def train(cfg: TrainConfig) -> Path:
     if task_tokens is not None:  # trained beside the UNet but outside accelerate's prepare: checkpoint them too
         accelerator.register_for_checkpointing(task_tokens)
     residual = bool(pipe.config.get("residual", False))
+    position_channels = pipe.config.get("position_channels", 0)
 
     # 4. Resume
     if cfg.resume:
@@ -183,7 +184,8 @@ def train(cfg: TrainConfig) -> Path:
                                       generator=g, task_tokens=task_tokens, residual=residual,
                                       scaling_factor=vae.config.scaling_factor, snr_gamma=cfg.snr_gamma,
                                       loss_type=kind, huber_c=cfg.huber_c, timestep_weights=t_weights,
-                                      sample_weights=task_w[kind][cond.task_ids.cpu()] if task_w else None)
+                                      sample_weights=task_w[kind][cond.task_ids.cpu()] if task_w else None,
+                                      position_channels=position_channels)
                 if not torch.isfinite(accelerator.gather(loss.detach())).all():
                     last = checkpoint_dirs(out)
                     raise MultiEditError(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..position_code import append_position_code
 from .config import LOSS_TYPES, TIMESTEP_BIAS_STRATEGIES
 
 # The scheduler parameterisations diffusion_loss trains (``from_base`` accepts the same).
@@ -64,6 +65,7 @@ def diffusion_loss(
     huber_c: float = 0.1,
     timestep_weights: torch.Tensor | None = None,
     sample_weights: torch.Tensor | None = None,
+    position_channels: int = 0,
 ) -> torch.Tensor:
     """Mean penalty (squared by default) of the UNet's prediction error (ε, v or x0, per the scheduler's
     ``prediction_type``).
@@ -77,6 +79,7 @@ def diffusion_loss(
     ``timestep_weights`` (num_train_timesteps,) makes the drawn timesteps follow those relative weights instead
     of the uniform distribution (see ``timestep_bias_weights``); the loss itself is not reweighted.
     ``sample_weights`` (B,) multiplies each sample's loss before the batch mean (``balance.task_loss_weights``).
+    ``position_channels``: the pipeline's config of that name (coordinate channels after the source latent).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"Unsupported loss_type {loss_type!r}; use one of {', '.join(LOSS_TYPES)}.")
@@ -103,7 +106,8 @@ def diffusion_loss(
     if task_tokens is not None:
         text = task_tokens.append_to(text, cond.task_ids)
 
-    pred = unet(torch.cat([noisy, source], dim=1), timesteps, encoder_hidden_states=text,
+    unet_in = append_position_code(torch.cat([noisy, source], dim=1), position_channels)
+    pred = unet(unet_in, timesteps, encoder_hidden_states=text,
                 class_labels=cond.task_ids).sample
     kind = noise_scheduler.config.prediction_type
     if kind not in PREDICTION_TYPES:
