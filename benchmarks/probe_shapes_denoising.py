@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     from multiedit.datagen.shapes.world import label_map
     from multiedit.editing import load_pipeline
     from multiedit.errors import MultiEditError
+    from multiedit.position_code import append_position_code
 
     torch.set_num_threads(2)
     try:
@@ -109,7 +110,8 @@ def main(argv=None) -> int:
                 noisy = torch.zeros_like(change)
             else:
                 noisy = acp[t].sqrt() * change + (1 - acp[t]).sqrt() * noise
-            est = pipe.unet(torch.cat([noisy, src], 1), torch.full((len(rows),), t), encoder_hidden_states=text,
+            unet_in = append_position_code(torch.cat([noisy, src], 1), pipe.config.get("position_channels", 0))
+            est = pipe.unet(unet_in, torch.full((len(rows),), t), encoder_hidden_states=text,
                             class_labels=ids).sample
             label = f"{t}/0" if zero_input else f"{t}"
             other = f"{inside(est, others):.4f}" if others.sum() else "–"

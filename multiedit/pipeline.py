@@ -101,7 +101,7 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
             )
         if len(set(task_names)) != len(task_names):
             raise MultiEditError(f"Duplicate task names in the pipeline config: {task_names}.")
-        check_position_channels(position_channels)
+        position_channels = check_position_channels(position_channels)
         self.register_to_config(task_names=task_names, residual=bool(residual), position_channels=position_channels)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -154,11 +154,13 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         """Append ``channels`` coordinate channels (:mod:`multiedit.position_code`) to the UNet input.
 
         ``conv_in`` is widened with the new weights at zero, so the pipeline computes exactly what it did until
-        training moves them; fine-tuning a trained model from here keeps everything it learned.
+        training moves them; fine-tuning a trained model from here keeps everything it learned. Task vectors
+        inverted before (``invert-task``) no longer load strictly: the backbone's fingerprint changed.
         """
         channels = check_position_channels(channels)
         if self.config.get("position_channels", 0):
-            raise MultiEditError(f"This model already has {self.config.position_channels} position channels.")
+            raise MultiEditError(f"This model already has {self.config.position_channels} position channels; keep "
+                                 "them (drop --position-channels) or start from a model without them.")
         widen_conv_in(self.unet, in_channels=self.unet.config.in_channels + channels)
         self.register_to_config(position_channels=channels)
 
@@ -313,10 +315,11 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         latents = latents.to(device) * self.scheduler.init_noise_sigma
         position_channels = self.config.get("position_channels", 0)
         if self.unet.config.in_channels != shape[1] + image_latents.shape[1] + position_channels:
+            fix = ("convert the model with `multiedit init`" if self.unet.config.in_channels < 2 * shape[1] else
+                   "set `position_channels` in model_index.json to the UNet's extra input channels")
             raise MultiEditError(
                 f"The UNet takes {self.unet.config.in_channels} input channels, but the latent, source latent and "
-                f"position code have {shape[1]} + {image_latents.shape[1]} + {position_channels}; convert the model "
-                "with `multiedit init`."
+                f"position code have {shape[1]} + {image_latents.shape[1]} + {position_channels}; {fix}."
             )
         condition = append_position_code(image_latents, position_channels)  # the same every step
         step_kwargs = self._step_kwargs(generator, eta)

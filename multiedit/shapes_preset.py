@@ -153,7 +153,7 @@ def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0, pooled_t
     ``pooled_text``: see :func:`build_shapes_components`. ``task_token`` adds a
     :class:`~multiedit.task_unet.TaskTokenEmbedding` (the task also as one more cross-attention token, Emu Edit
     §3.2; rows start at zero). ``position_channels`` appends that many coordinate channels to the UNet input
-    (``multiedit.position_code``; 16 lets a small model learn "top-left" faster). Returns the pipeline."""
+    (``multiedit.position_code``; e.g. 16, so that the UNet can tell where "the top left" is). Returns the pipeline."""
     from .pipeline import MultiEditPipeline
     from .task_unet import TaskTokenEmbedding
     from .tasks import list_tasks

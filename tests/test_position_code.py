@@ -26,8 +26,11 @@ def test_code_is_sin_cos_of_row_and_column_and_tells_every_pixel_apart():
     rows, cols = code[:8], code[8:]
     assert torch.equal(rows, rows[:, :, :1].expand_as(rows)) and torch.equal(cols, cols[:, :1, :].expand_as(cols))
     r = torch.arange(h, dtype=torch.float64)
-    assert torch.allclose(rows[0, :, 0].double(), torch.sin(2 * math.pi * r / h), atol=1e-6)  # period: the height
-    assert torch.allclose(rows[3, :, 0].double(), torch.cos(2 * math.pi * 2 * r / h), atol=1e-6)  # then half of it
+    assert torch.allclose(rows[0, :, 0].double(), torch.sin(math.pi * r / h), atol=1e-6)  # period: twice the height
+    assert torch.allclose(rows[3, :, 0].double(), torch.cos(2 * math.pi * r / h), atol=1e-6)  # then the height
+    first = rows[:2, :, 0]  # the slowest pair moves away from the top row all the way down: no wrap-around
+    away = (first - first[:, :1]).norm(dim=0)
+    assert (away[1:] > away[:-1]).all()
     flat = code.reshape(16, -1).T
     dist = torch.cdist(flat, flat) + torch.eye(h * w) * 10
     assert dist.min() > 0.1  # no two pixels share a code
@@ -111,3 +114,29 @@ def test_cli_rejects_a_channel_count_that_is_not_a_multiple_of_four(zoo, tmp_pat
     err = capsys.readouterr().err
     assert code != 0 and "position_channels=6" in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_init_adds_the_code_to_a_trained_model_or_an_sd_base_and_changes_nothing_yet(zoo, tmp_path):
+    base = zoo("pipeline")  # already a MultiEditPipeline: the channels are added to that model
+    assert main(["init", "--base", str(base), "--out", str(tmp_path / "m"), "--position-channels", "4"]) == 0
+    widened = MultiEditPipeline.from_pretrained(tmp_path / "m")
+    assert widened.config.position_channels == 4 and widened.unet.config.in_channels == 12
+    assert np.abs(edit(widened) - edit(MultiEditPipeline.from_pretrained(base))).max() == 0
+    sd = MultiEditPipeline.from_base(zoo("sd"), position_channels=8)  # 4 → 8 (source) → 16 (code)
+    assert sd.unet.config.in_channels == 16 and not sd.unet.conv_in.weight[:, 4:].any()
+    overridden = MultiEditPipeline.from_pretrained(base, position_channels=4)  # config says 4, UNet takes 8
+    with pytest.raises(MultiEditError, match="set `position_channels` in model_index.json"):
+        edit(overridden)
+
+
+def test_lora_training_also_trains_conv_in_to_read_the_code(zoo, tmp_path):
+    base = tmp_path / "base"
+    MultiEditPipeline.from_base(zoo("ip2p"), position_channels=4).save_pretrained(base, safe_serialization=True)
+    data = write_synthetic_dataset(tmp_path / "data", n=4, size=32, shards=1)
+    out = tmp_path / "lora"
+    train(TrainConfig(model=str(base), dataset=str(data), out=str(out), resolution=32, max_steps=2, batch_size=2,
+                      checkpointing_steps=2, num_validation_samples=1, validation_inference_steps=1,
+                      report_to="none", lr=1e-2, use_ema=False, train_mode="lora", lora_rank=4))
+    trained = MultiEditPipeline.from_pretrained(out)
+    assert trained.unet.conv_in.weight[:, 8:].abs().sum() > 0
+    assert not any("lora" in k for k in trained.unet.state_dict())

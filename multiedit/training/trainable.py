@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 
 from ..task_unet import task_table
 
+log = logging.getLogger(__name__)
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -15,11 +17,13 @@ def apply_trainable(pipe, cfg):
     """Set ``requires_grad`` per ``cfg.train_mode`` and return (optimizer param groups, EMA or None).
 
     full: every UNet weight + the task table; tasks: the task table (and task tokens) only; lora: LoRA
-    adapters on the attention projections (peft) + the task table. The task table is its own group,
-    with no weight decay (decay would pull unseen tasks' vectors toward zero every step) and its own LR.
+    adapters on the attention projections (peft) + the task table, and ``conv_in`` too on a model with position
+    channels (only ``conv_in`` reads the code; LoRA would leave fresh, zero weights at zero). The task table is its
+    own group, with no weight decay (decay would pull unseen tasks' vectors toward zero every step) and its own LR.
     """
     unet = pipe.unet
     table = task_table(unet)
+    position = pipe.config.get("position_channels", 0)
     unet.requires_grad_(False)
     if cfg.train_mode == "full":
         unet.requires_grad_(True)
@@ -28,6 +32,11 @@ def apply_trainable(pipe, cfg):
 
         unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
                                     target_modules=LORA_TARGETS))
+        if position:
+            unet.conv_in.requires_grad_(True)
+    elif position and not unet.conv_in.weight[:, -position:].any():
+        log.warning("The model's %d position channels have zero conv_in weights and --train-mode tasks keeps them "
+                    "frozen: the code has no effect; train them with --train-mode full or lora.", position)
     table.requires_grad_(True)
     task_params = list(table.parameters())
     if pipe.task_tokens is not None:
