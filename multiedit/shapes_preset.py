@@ -4,7 +4,7 @@ Components (all stock diffusers / transformers classes, so the folder loads with
 
 - ``vae``: a single-level ``AutoencoderKL`` (64×64×3 → 64×64×4) whose weights are set so that it is exact
   (see :func:`make_exact_autoencoder`): latents are the pixels in [-1, 1], ``scaling_factor`` 1.
-- ``text_encoder``: a 2-layer CLIP text model (width 64), random and frozen — training never updates it
+- ``text_encoder``: a 2-layer CLIP text model (width 64; ``text_layers``), random and frozen — training never updates it
   (IP2P freezes CLIP too); the UNet learns to read its token features through cross-attention.
 - ``unet``: ``UNet2DConditionModel`` on 64×64×8 inputs (noisy change ‖ source latent), with the task table
   (``num_class_embeds`` = every registered task, zero-initialised; Emu Edit §3.2).
@@ -43,7 +43,8 @@ RESOLUTION = 64
 LATENT_CHANNELS = 4  # colour in channels 0-2; channel 3 is always 0
 
 
-def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_channels: int = 0) -> dict:
+def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_channels: int = 0,
+                            text_layers: int = 2) -> dict:
     """Untrained ``vae``, ``text_encoder``, ``tokenizer``, ``unet`` and ``scheduler`` of the preset.
 
     ``pooled_text`` also feeds the instruction to every ResNet block, at every resolution: diffusers'
@@ -56,6 +57,11 @@ def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_c
 
     ``position_channels`` widens the UNet input for that many coordinate channels (``multiedit.position_code``;
     the pipeline must be given the same ``position_channels``).
+
+    ``text_layers``: transformer layers of the random frozen text encoder (the committed model: 2). With 0 its
+    states are each token's embedding plus its position's, normalised: a word reads the same in every sentence,
+    and the UNet's attention can key on it. With layers, random attention mixes each word with its sentence, so
+    a held-out wording looks like whichever training sentence has its shape (``benchmarks/probe_text_depth.py``).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -68,7 +74,7 @@ def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_c
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=text_layers,
         vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
     )).eval()
     torch.manual_seed(seed + 1)
@@ -148,17 +154,19 @@ def reconstruction_error(vae, images: torch.Tensor) -> float:
 
 
 def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0, pooled_text: bool = False,
-                          task_token: bool = False, position_channels: int = 0):
+                          task_token: bool = False, position_channels: int = 0, text_layers: int = 2):
     """The untrained preset pipeline (its autoencoder exact by construction); saved to ``out`` when given.
     ``pooled_text``: see :func:`build_shapes_components`. ``task_token`` adds a
     :class:`~multiedit.task_unet.TaskTokenEmbedding` (the task also as one more cross-attention token, Emu Edit
     §3.2; rows start at zero). ``position_channels`` appends that many coordinate channels to the UNet input
-    (``multiedit.position_code``; e.g. 16, so that the UNet can tell where "the top left" is). Returns the pipeline."""
+    (``multiedit.position_code``; e.g. 16, so that the UNet can tell where "the top left" is). ``text_layers``: see
+    :func:`build_shapes_components`. Returns the pipeline."""
     from .pipeline import MultiEditPipeline
     from .task_unet import TaskTokenEmbedding
     from .tasks import list_tasks
 
-    parts = build_shapes_components(seed, pooled_text=pooled_text, position_channels=position_channels)
+    parts = build_shapes_components(seed, pooled_text=pooled_text, position_channels=position_channels,
+                                    text_layers=text_layers)
     make_exact_autoencoder(parts["vae"])
     # Stable Diffusion scales latents to unit variance (its 0.18215). Here latents are pixels in [-1, 1]
     # already; 1/std (3.3 on this world) would scale night/invert changes to ±6, far outside the noise.

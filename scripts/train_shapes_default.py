@@ -89,6 +89,10 @@ def main(argv=None) -> int:
     ap.add_argument("--position-channels", type=int, default=0,
                     help="Build the preset with this many coordinate channels appended to the UNet input (a multiple "
                          "of 4, e.g. 16; multiedit/position_code.py). The committed model: 0.")
+    ap.add_argument("--text-layers", type=int, default=2,
+                    help="Transformer layers of the preset's random frozen text encoder (0: each word's state is its "
+                         "own embedding, the same in every sentence; benchmarks/probe_text_depth.py). The committed "
+                         "model: 2.")
     for name in PASSED_THROUGH:
         f = TRAIN_FIELDS[name]
         default = COMMITTED.get(name, f.default)
@@ -103,6 +107,8 @@ def main(argv=None) -> int:
                  "nothing; drop one of them.")
     if args.position_channels < 0 or args.position_channels % 4:
         sys.exit(f"error: --position-channels {args.position_channels}; use 0 or a positive multiple of 4, e.g. 16.")
+    if args.text_layers < 0:
+        sys.exit(f"error: --text-layers {args.text_layers}; use 0 or more.")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from multiedit.classifier import ClassifierTrainConfig, train_classifier
@@ -136,11 +142,12 @@ def main(argv=None) -> int:
     base = work / "base"  # the autoencoder needs no training
     if not (base / "model_index.json").is_file():
         build_shapes_pipeline(base, seed=args.seed, pooled_text=args.pooled_text, task_token=args.task_token,
-                              position_channels=args.position_channels)
+                              position_channels=args.position_channels, text_layers=args.text_layers)
     else:
         built = {"--pooled-text": json.loads((base / "unet" / "config.json").read_text()).get("addition_embed_type")
                  == "text", "--task-token": (base / "task_tokens").is_dir(),
-                 "--position-channels": json.loads((base / "model_index.json").read_text()).get("position_channels", 0)}
+                 "--position-channels": json.loads((base / "model_index.json").read_text()).get("position_channels", 0),
+                 "--text-layers": json.loads((base / "text_encoder" / "config.json").read_text())["num_hidden_layers"]}
         for flag, was in built.items():
             want = getattr(args, flag[2:].replace("-", "_"))
             if was != want:

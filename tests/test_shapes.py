@@ -301,6 +301,28 @@ def test_preset_pooled_text_reaches_the_full_resolution_blocks_after_a_save_and_
     assert firsts[False] == 0 and firsts[True] > 1e-4
 
 
+def test_preset_text_encoder_without_layers_reads_each_word_the_same_in_every_sentence(tmp_path):
+    """``text_layers=0``: a word's state is its embedding plus its position's, whatever else the sentence says;
+    the committed 2-layer encoder mixes the preceding words into it (CLIP's causal attention)."""
+    import torch
+
+    from multiedit.pipeline import MultiEditPipeline
+    from multiedit.shapes_preset import build_shapes_pipeline
+
+    change = {}
+    for layers in (0, 2):
+        build_shapes_pipeline(tmp_path / str(layers), seed=0, text_layers=layers)
+        pipe = MultiEditPipeline.from_pretrained(tmp_path / str(layers))
+        assert pipe.text_encoder.config.num_hidden_layers == layers
+        ids = pipe.tokenizer(["turn it at night", "make it at night"], padding="max_length",
+                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+        assert torch.equal(ids[0, 2:], ids[1, 2:]) and not torch.equal(ids[0, 1], ids[1, 1])
+        with torch.no_grad():
+            states = pipe.text_encoder(ids)[0]
+        change[layers] = (states[0, 2:5] - states[1, 2:5]).abs().max().item()  # "it at night", after one new word
+    assert change[0] < 1e-6 and change[2] > 1e-3
+
+
 def test_preset_autoencoder_is_exact_for_any_image_after_a_save_and_load(tmp_path):
     import torch
     from diffusers import AutoencoderKL
@@ -419,7 +441,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
             "--batch-size", "4", "--classifier-epochs", "1", "--huber-c", "0.2",
             "--l2-warmup-steps", "1", "--pooled-text", "--timestep-bias-strategy", "later",
             "--timestep-bias-multiplier", "3", "--task-loss-balance", "0.5", "--task-token",
-            "--lr-scheduler", "constant", "--lr-warmup-steps", "0", "--no-use-ema", "--position-channels", "4"]
+            "--lr-scheduler", "constant", "--lr-warmup-steps", "0", "--no-use-ema", "--text-layers", "1",
+            "--position-channels", "4"]
     assert script.main(args) == 0
     settings = json.loads((tmp_path / "model" / "training_time.json").read_text())
     assert settings["max_steps"] == 2 and settings["seed"] == 0 and settings["times"]["unet_s"] > 0
@@ -436,6 +459,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert pipe.unet.config.addition_embed_type == "text" and settings["pooled_text"]  # --pooled-text built the base
     assert pipe.task_tokens is not None and pipe.task_tokens.embedding.weight.abs().sum() > 0  # trained, exported
     assert pipe.config.position_channels == 4 and pipe.unet.config.in_channels == 12  # 4 + 4 latent + 4 position
+    assert pipe.text_encoder.config.num_hidden_layers == 1 and settings["text_layers"] == 1
     classifier_mtime = (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime
     assert script.main(args) == 0  # everything done is kept: the classifier is not retrained
     assert (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime == classifier_mtime
@@ -447,5 +471,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
         script.main(args[:-2])
     with pytest.raises(SystemExit, match="--position-channels 6; use 0 or a positive multiple of 4"):
         script.main(args[:-1] + ["6"])
+    with pytest.raises(SystemExit, match="was built --text-layers 1; rerun with the same setting"):
+        at = args.index("--text-layers")
+        script.main(args[:at] + args[at + 2:])
     with pytest.raises(SystemExit, match="--task-loss-balance would weigh nothing"):
         script.main(args + ["--no-task-embedding"])  # one label: the balance would silently be off
