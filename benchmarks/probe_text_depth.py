@@ -52,7 +52,11 @@ def fit_pooling(x: torch.Tensor, y: torch.Tensor, classes: int, seed: int, steps
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return lambda q: head(pool(q)).argmax(1).detach()
+    @torch.no_grad()
+    def predict(q: torch.Tensor) -> torch.Tensor:
+        return head(pool(q)).argmax(1)
+
+    return predict
 
 
 def main(argv=None) -> int:
@@ -62,6 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=100, help="Training instructions per region task (test: 40).")
     ap.add_argument("--out", help="Also write OUT.md and OUT.json.")
     args = ap.parse_args(argv)
+    if args.seeds < 1 or min(args.layers) < 0 or args.n < 1:
+        ap.error("--seeds and -n must be at least 1 and every --layers value at least 0.")
     torch.set_num_threads(1)
 
     from probe_shapes_text import SHAPE_TASKS, instructions

@@ -4,8 +4,8 @@ Components (all stock diffusers / transformers classes, so the folder loads with
 
 - ``vae``: a single-level ``AutoencoderKL`` (64×64×3 → 64×64×4) whose weights are set so that it is exact
   (see :func:`make_exact_autoencoder`): latents are the pixels in [-1, 1], ``scaling_factor`` 1.
-- ``text_encoder``: a 2-layer CLIP text model (width 64; ``text_layers``), random and frozen — training never updates it
-  (IP2P freezes CLIP too); the UNet learns to read its token features through cross-attention.
+- ``text_encoder``: a 2-layer CLIP text model (width 64; see ``text_layers``), random and frozen — training never
+  updates it (IP2P freezes CLIP too); the UNet learns to read its token features through cross-attention.
 - ``unet``: ``UNet2DConditionModel`` on 64×64×8 inputs (noisy change ‖ source latent), with the task table
   (``num_class_embeds`` = every registered task, zero-initialised; Emu Edit §3.2).
 - ``scheduler``: DDIM predicting x0 (``prediction_type="sample"``; the default model is trained with an L1
@@ -59,9 +59,10 @@ def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_c
     the pipeline must be given the same ``position_channels``).
 
     ``text_layers``: transformer layers of the random frozen text encoder (the committed model: 2). With 0 its
-    states are each token's embedding plus its position's, normalised: a word reads the same in every sentence,
-    and the UNet's attention can key on it. With layers, random attention mixes each word with its sentence, so
-    a held-out wording looks like whichever training sentence has its shape (``benchmarks/probe_text_depth.py``).
+    states are each token's embedding plus its position's, normalised: a word reads the same in every sentence
+    at the same position, and the UNet's attention can key on it. With layers, random attention mixes each word
+    with its sentence, so a held-out wording looks like whichever training sentence has its shape
+    (``benchmarks/probe_text_depth.py``).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                          "of 4, e.g. 16; multiedit/position_code.py). The committed model: 0.")
     ap.add_argument("--text-layers", type=int, default=2,
                     help="Transformer layers of the preset's random frozen text encoder (0: each word's state is its "
-                         "own embedding, the same in every sentence; benchmarks/probe_text_depth.py). The committed "
+                         "own embedding plus its position's; benchmarks/probe_text_depth.py). The committed "
                          "model: 2.")
     for name in PASSED_THROUGH:
         f = TRAIN_FIELDS[name]
