@@ -74,7 +74,8 @@ def main(argv=None) -> int:
 
     from multiedit.datagen.shapes.phrasings import TEMPLATES
     from multiedit.datagen.shapes.world import COLOURS, KINDS
-    from multiedit.shapes_preset import build_shapes_components
+    from multiedit.io_utils import write_text_atomic
+    from multiedit.shapes_preset import build_shapes_text_encoder
 
     ops = ("night", "fog")
     g_train = [(t, i) for i, op in enumerate(ops) for t in TEMPLATES[op][0]]
@@ -85,8 +86,7 @@ def main(argv=None) -> int:
     for layers in args.layers:
         per_sentence, colour, kind = [], [], []
         for seed in range(args.seeds):
-            parts = build_shapes_components(seed, text_layers=layers)
-            enc, tok = parts["text_encoder"], parts["tokenizer"]
+            tok, enc = build_shapes_text_encoder(seed, text_layers=layers)
             x, y = encode(enc, tok, [t for t, _ in g_train]), torch.tensor([i for _, i in g_train])
             predict = fit_pooling(x, y, 2, seed, steps=300, lr=1e-3)
             hit = predict(encode(enc, tok, [t for t, _ in g_test])) == torch.tensor([i for _, i in g_test])
@@ -118,11 +118,8 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        for path, text in ((out.with_suffix(".md"), "\n".join(lines) + "\n"),
-                           (out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")):
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+        write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
+        write_text_atomic(out.with_suffix(".json"), json.dumps(rows, indent=2) + "\n")
     return 0
 
 

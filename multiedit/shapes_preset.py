@@ -43,6 +43,23 @@ RESOLUTION = 64
 LATENT_CHANNELS = 4  # colour in channels 0-2; channel 3 is always 0
 
 
+def build_shapes_text_encoder(seed: int = 0, text_layers: int = 2):
+    """The preset's ``(tokenizer, text_encoder)``: a locally trained CLIP tokenizer and a random, frozen CLIP text
+    model of ``text_layers`` layers (see :func:`build_shapes_components`), seeded by ``seed``."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .testing.tokenizers import build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer(model_max_length=32)  # instructions are short
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=text_layers,
+        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+    )).eval()
+    return tokenizer, text_encoder
+
+
 def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_channels: int = 0,
                             text_layers: int = 2) -> dict:
     """Untrained ``vae``, ``text_encoder``, ``tokenizer``, ``unet`` and ``scheduler`` of the preset.
@@ -65,19 +82,11 @@ def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_c
     (``benchmarks/probe_text_depth.py``).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from .task_unet import add_task_table
     from .tasks import list_tasks
-    from .testing.tokenizers import build_clip_tokenizer
 
-    tokenizer = build_clip_tokenizer(model_max_length=32)  # instructions are short
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=text_layers,
-        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
-    )).eval()
+    tokenizer, text_encoder = build_shapes_text_encoder(seed, text_layers)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=[8], layers_per_block=1,
