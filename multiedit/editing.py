@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import PIL.Image
 
 from .errors import MultiEditError
 from .images import fit_to_model, load_image
-from .io_utils import atomic_file
+from .io_utils import atomic_file, check_output_path
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,22 @@ def load_pipeline(model: str | Path | None, task_embeddings: list[str | Path] = 
     return pipe
 
 
+def check_edit_settings(steps: int, guidance_scale: float | None, image_guidance_scale: float | None, seed: int,
+                        resolution: int | None, alpha: float) -> None:
+    """Reject settings that would fail deep in the pipeline or quietly give a garbage image."""
+    if steps < 1:
+        raise MultiEditError(f"--steps must be at least 1, got {steps}.")
+    for flag, value in (("--guidance-scale", guidance_scale), ("--image-guidance-scale", image_guidance_scale)):
+        if value is not None and not math.isfinite(value):
+            raise MultiEditError(f"{flag} {value} is not a finite number; IP2P uses 7.5 (text) and 1.5 (image).")
+    if not 0 <= seed < 2**63:
+        raise MultiEditError(f"--seed {seed} is out of range; use an integer from 0 to 2**63 - 1.")
+    if resolution is not None and resolution < 8:
+        raise MultiEditError(f"--resolution {resolution} is too small; give the shorter side in pixels, at least 8.")
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise MultiEditError(f"--alpha {alpha} must be a finite number of 0 or more (the default is 0.03).")
+
+
 @dataclass
 class EditResult:
     output: Path
@@ -66,7 +83,7 @@ def edit_image(
     instructions: list[str],
     out: str | Path,
     model: str | Path | None = None,
-    task: str | None = None,
+    task: str | list[str] | None = None,
     task_embeddings: list[str | Path] = (),
     steps: int = 20,
     guidance_scale: float | None = None,
@@ -80,7 +97,8 @@ def edit_image(
 ) -> EditResult:
     """Edit ``image`` with one instruction, or several applied in turn (sequential thresholding ``alpha``).
 
-    The output has the input's size; its format follows ``out``'s extension. Nothing is written
+    ``task``: one name for every turn, one per turn, or None for the model's classifier. The output has the
+    input's size; its format follows ``out``'s extension. Nothing is written
     unless the edit succeeds. Guidance scales left at ``None`` are IP2P's (7.5, 1.5), or (1.5, 1.0) for
     the embedded default model (no ``model`` and no ``pipe``).
     """
@@ -89,20 +107,26 @@ def edit_image(
     out = Path(out)
     if not instructions or any(not str(i).strip() for i in instructions):
         raise MultiEditError("An --instruction is empty; pass the edit to make, e.g. --instruction 'make it snow'.")
-    if not out.parent.is_dir():
-        raise MultiEditError(f"The output folder {out.parent} does not exist; create it or choose another --out.")
+    check_output_path(out, "--out", "file")
     ext = out.suffix.lower()
     if ext not in PIL.Image.registered_extensions():
         raise MultiEditError(f"Cannot tell the image format of --out {out}; end it with .png, .jpg or .webp.")
-    if steps < 1:
-        raise MultiEditError(f"--steps must be at least 1, got {steps}.")
+    check_edit_settings(steps, guidance_scale, image_guidance_scale, seed, resolution, alpha)
+    if isinstance(task, (list, tuple)):
+        if len(task) == 1:
+            task = task[0]
+        elif len(task) != len(instructions):
+            raise MultiEditError(f"{len(task)} --task values for {len(instructions)} --instruction(s); give one task "
+                                 "for every turn, or one for all of them.")
+        else:
+            task = list(task)
     source = load_image(image, "input image")
     text_default, image_default = DEFAULT_MODEL_GUIDANCE if model is None and pipe is None else IP2P_GUIDANCE
     guidance_scale = text_default if guidance_scale is None else guidance_scale
     image_guidance_scale = image_default if image_guidance_scale is None else image_guidance_scale
     pipe = pipe or load_pipeline(model, task_embeddings)
-    if task is not None:
-        pipe.task_id(task)  # unknown task: fail before any work
+    for name in [task] if isinstance(task, str) else task or []:
+        pipe.task_id(name)  # unknown task: fail before any work
     notes = []
     model_in, note = fit_to_model(source, multiple=pipe.vae_scale_factor, resolution=resolution)
     if note:
@@ -128,7 +152,7 @@ def edit_image(
         kwargs.pop("min_task_confidence")
         turns = pipe.edit_sequence(instructions, model_in, task=tasks or task, alpha=alpha, **kwargs)
         edited = turns[-1]
-        tasks = tasks or [task] * len(instructions)
+        tasks = tasks or (task if isinstance(task, list) else [task] * len(instructions))
         notes.append(f"{len(instructions)} turns with sequential thresholding (alpha={alpha})")
     if edited.size != source.size:
         edited = edited.resize(source.size, PIL.Image.LANCZOS)

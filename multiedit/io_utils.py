@@ -62,3 +62,49 @@ def _umask() -> int:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def check_output_path(path: str | Path, flag: str = "--out", kind: str = "file") -> Path:
+    """Fail fast, before any work, when ``path`` cannot receive a ``kind`` ("file" or "folder") output.
+
+    A folder output may not exist yet (its missing parents are created later); a file output's folder must exist.
+    The check writes and removes a temporary file where the output will go, so permissions, read-only and
+    pseudo file systems (/proc) are all caught. Raises MultiEditError naming ``flag`` and the path.
+    """
+    from .errors import MultiEditError
+
+    path = Path(path).expanduser()
+    if kind == "file" and path.is_dir():
+        raise MultiEditError(f"{flag} {path} is a folder; pass a file path such as {path / 'out.png'}.")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise MultiEditError(f"{flag} {path} is a file; pass a folder path (it is created if missing).")
+    if kind == "file":
+        where = path.parent
+        if not where.is_dir():
+            raise MultiEditError(f"The output folder {where} of {flag} {path} does not exist; create it or choose "
+                                 f"another {flag}.")
+    else:
+        where = path if path.is_dir() else path.parent
+        while not where.exists():
+            where = where.parent
+        if not where.is_dir():
+            raise MultiEditError(f"{flag} {path} lies under {where}, which is a file; choose another {flag}.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-check-", dir=where)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise MultiEditError(f"Cannot write {flag} {path} ({exc.strerror or exc}); choose a writable location.") from None
+    return path
+
+
+def looks_local(source: str | Path) -> bool:
+    """True when ``source`` can only mean a local path, never a Hugging Face hub id ("name" or "org/name"):
+    it exists, starts with ``.``, ``/`` or ``~``, ends with a slash, has more than one slash, or its folder
+    exists here (``runs/mydata`` next to a ``runs`` folder). A missing local path then fails at once, without
+    a round of hub retries."""
+    text = str(source)
+    if Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.endswith(("/", os.sep)):
+        return True
+    parent = Path(text).parent
+    return text.count("/") > 1 or (str(parent) != "." and parent.is_dir())

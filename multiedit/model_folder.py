@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import MultiEditError
+from .io_utils import looks_local
 
 BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 
@@ -17,7 +18,9 @@ def check_pipeline_folder(path: str | Path) -> dict:
     from diffusers import DiffusionPipeline
 
     local = Path(str(path)).expanduser()
-    if local.exists() or str(path).startswith((".", "/", "~")) or str(path).count("/") != 1:
+    if looks_local(path) or str(path).count("/") != 1:
+        if local.is_file():
+            raise MultiEditError(f"Model folder {local} is a file; pass the pipeline folder that holds model_index.json.")
         if not local.is_dir():
             raise MultiEditError(f"Model folder {local} does not exist; pass a pipeline folder (see `multiedit init`).")
         if not (local / "model_index.json").is_file():
@@ -30,12 +33,27 @@ def check_pipeline_folder(path: str | Path) -> dict:
         index = DiffusionPipeline.load_config(str(path))
     except Exception as exc:  # network, JSON syntax, missing repo
         raise MultiEditError(f"Could not read the pipeline config of {path} ({type(exc).__name__}: {exc}).") from None
+    if not isinstance(index, dict):
+        raise MultiEditError(f"{path}/model_index.json must hold a JSON object of components, not a "
+                             f"{type(index).__name__}; re-save the pipeline with save_pretrained.")
     missing = [c for c in BASE_COMPONENTS if c not in index]
     if missing:
         raise MultiEditError(
             f"{path} is a {index.get('_class_name', 'pipeline')} without {missing}; "
             "pass a Stable Diffusion, InstructPix2Pix or multiedit pipeline folder."
         )
+    if isinstance(path, Path):
+        absent = [name for name, spec in index.items() if not name.startswith("_") and isinstance(spec, list)
+                  and len(spec) == 2 and spec[0] is not None and spec[1] is not None and not (path / name).is_dir()]
+        if absent:
+            raise MultiEditError(f"{path} lists component(s) {absent} in model_index.json but has no "
+                                 f"{', '.join(a + '/' for a in absent)} folder; the copy is incomplete: copy or "
+                                 "save the whole pipeline folder again.")
+    if index.get("_class_name") == "MultiEditPipeline":
+        names = index.get("task_names")
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise MultiEditError(f"{path}/model_index.json has task_names {names!r}; a MultiEditPipeline folder "
+                                 "needs the list of its task names (as save_pretrained writes it).")
     return index
 
 

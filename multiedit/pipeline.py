@@ -125,6 +125,17 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         index = check_pipeline_folder(path)
         if index.get("_class_name") == cls.__name__:
             pipe = cls.from_pretrained(path, **kwargs)
+            ignored = []
+            if tasks and list(tasks) != pipe.task_names:
+                ignored.append(f"tasks {list(tasks)} (it has {pipe.task_names})")
+            if task_token and pipe.task_tokens is None:
+                ignored.append("a task token (it has none)")
+            if prediction_type is not None and prediction_type != pipe.scheduler.config.prediction_type:
+                ignored.append(f"prediction_type {prediction_type!r} (it has {pipe.scheduler.config.prediction_type!r})")
+            if ignored:
+                raise MultiEditError(f"{path} is already a {cls.__name__}, so {'; '.join(ignored)} cannot be applied: "
+                                     "those settings convert an SD/IP2P base. Drop them, or start from a base "
+                                     "(a new task is taught with invert-task).")
             if position_channels:
                 pipe.add_position_code(position_channels)
             return pipe

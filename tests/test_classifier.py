@@ -246,6 +246,21 @@ def test_empty_instruction_is_one_clear_sentence(trained, loaded, capsys):
         predict_tasks(*loaded, ["make it snow", ""])
 
 
+def test_predict_file_must_be_a_text_file(trained, tmp_path, capsys):
+    binary = tmp_path / "photo.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    for path, needle in ((binary, "photo.png is not UTF-8 text"), (tmp_path, "is a folder")):
+        assert main(["classifier", "predict", "--model", str(trained[0]), "--file", str(path)]) == 2
+        assert needle in _one_error_line(capsys.readouterr().err)
+
+
+def test_base_that_looks_local_fails_without_the_hub(tmp_path):
+    from multiedit.classifier.model import load_base
+
+    with pytest.raises(MultiEditError, match="Base folder ./no-such-t5 does not exist"):
+        load_base("./no-such-t5", ["add", "remove"])
+
+
 def test_predict_on_a_folder_without_classifier_is_clear(tmp_path, capsys):
     assert main(["classifier", "predict", "--model", str(tmp_path), "make it snow"]) == 2
     assert "no task classifier" in _one_error_line(capsys.readouterr().err)

@@ -104,11 +104,47 @@ def _bad_inputs(tmp_path, image_file, model):
                            ["not a diffusers pipeline folder"]),
         "missing model": (["--model", str(tmp_path / "no_model"), "--image", str(image_file), *base],
                           ["does not exist"]),
+        "model is a file": (["--model", str(image_file), "--image", str(image_file), *base], ["is a file"]),
+        "incomplete model": (["--model", _broken_copy(model, tmp_path, "unet"), "--image", str(image_file), *base],
+                             ["no unet/ folder", "incomplete"]),
+        "model index is a list": (["--model", _broken_copy(model, tmp_path, "index-list"), "--image", str(image_file),
+                                   *base], ["must hold a JSON object"]),
+        "no task names": (["--model", _broken_copy(model, tmp_path, "task_names"), "--image", str(image_file), *base],
+                          ["task_names None"]),
+        "huge seed": ([*_ok(model, image_file), "--seed", str(2**70)], ["--seed", "out of range"]),
+        "zero resolution": ([*_ok(model, image_file), "--resolution", "0"], ["--resolution 0"]),
+        "nan guidance": ([*_ok(model, image_file), "--guidance-scale", "nan"], ["--guidance-scale nan", "finite"]),
+        "inf alpha": ([*_ok(model, image_file), "--alpha", "inf"], ["--alpha inf"]),
+        "tasks per turn": (["--model", model, "--image", str(image_file), "--instruction", "a", "--instruction", "b",
+                            "--task", "add", "--task", "remove", "--task", "color"], ["3 --task values for 2"]),
     }
 
 
+def _ok(model, image_file):
+    return ["--model", model, "--image", str(image_file), "--instruction", "add a hat", "--task", "add", "--steps", "1"]
+
+
+def _broken_copy(model, tmp_path, how):
+    """A copy of the model folder broken one way: a component folder missing, or model_index.json edited."""
+    import shutil
+
+    dst = tmp_path / f"broken-{how}"
+    shutil.copytree(model, dst)
+    index = json.loads((dst / "model_index.json").read_text())
+    if how == "unet":
+        shutil.rmtree(dst / "unet")
+    elif how == "index-list":
+        index = list(index)
+    else:
+        del index[how]
+    (dst / "model_index.json").write_text(json.dumps(index))
+    return str(dst)
+
+
 @pytest.mark.parametrize("case", ["missing file", "not an image", "truncated", "empty instruction", "unknown task",
-                                  "not a pipeline", "missing model"])
+                                  "not a pipeline", "missing model", "model is a file", "incomplete model",
+                                  "model index is a list", "no task names", "huge seed", "zero resolution",
+                                  "nan guidance", "inf alpha", "tasks per turn"])
 def test_bad_inputs_fail_cleanly_and_write_nothing(case, model, image_file, tmp_path, capsys):
     args, needles = _bad_inputs(tmp_path, image_file, model)[case]
     out = tmp_path / "result.png"
@@ -126,6 +162,49 @@ def test_output_in_missing_folder(model, image_file, tmp_path, capsys):
     assert not out.parent.exists()
 
 
+def test_unwritable_output_fails_before_editing(model, image_file, tmp_path, capsys, monkeypatch):
+    import multiedit.editing as editing
+
+    monkeypatch.setattr(editing, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    folder = tmp_path / "a_folder.png"
+    folder.mkdir()
+    base = ["--model", model, "--image", str(image_file), "--instruction", "x", "--task", "add"]
+    code, _, err = edit(capsys, *base, "--out", str(folder))
+    assert_clean_failure(code, err, "a_folder.png is a folder")
+    code, _, err = edit(capsys, *base, "--out", "/proc/out.png")  # a pseudo file system: nothing can be created
+    assert_clean_failure(code, err, "Cannot write --out /proc/out.png")
+
+
+def test_an_unforeseen_os_error_is_one_sentence_with_the_path(model, image_file, tmp_path, capsys, monkeypatch):
+    import multiedit.editing as editing
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", "/data/locked/unet")
+
+    monkeypatch.setattr(editing, "load_pipeline", denied)
+    code, _, err = edit(capsys, "--model", model, "--image", str(image_file), "--instruction", "x", "--task", "add",
+                        "--out", str(tmp_path / "o.png"))
+    assert_clean_failure(code, err, "Permission denied: /data/locked/unet", "check that the path")
+
+
+def test_one_task_per_turn(model, image_file, tmp_path, capsys, monkeypatch):
+    from multiedit.pipeline import MultiEditPipeline
+
+    seen = []
+    real = MultiEditPipeline.__call__
+
+    def spy(self, *args, task=None, **kwargs):
+        seen.append(task)
+        return real(self, *args, task=task, **kwargs)
+
+    monkeypatch.setattr(MultiEditPipeline, "__call__", spy)
+    code, out, err = edit(capsys, "--model", model, "--image", str(image_file), "--instruction", "add a hat",
+                          "--instruction", "remove the hat", "--task", "add", "--task", "remove", "--steps", "1",
+                          "--out", str(tmp_path / "o.png"))
+    assert code == 0, err
+    assert seen == ["add", "remove"] and "(task: add, remove)" in out
+
+
 def test_no_task_and_no_classifier(model, image_file, tmp_path, capsys):
     code, _, err = edit(capsys, "--model", model, "--image", str(image_file), "--instruction", "x",
                         "--out", str(tmp_path / "o.png"))
@@ -140,6 +219,12 @@ def test_init_converts_ip2p_and_refuses_existing_out(zoo, tmp_path, capsys):
     capsys.readouterr()
     assert main(["init", "--base", str(zoo("ip2p")), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_init_refuses_base_settings_on_a_trained_model(model, tmp_path, capsys):
+    code = main(["init", "--base", model, "--out", str(tmp_path / "o"), "--tasks", "add", "nope"])
+    assert_clean_failure(code, capsys.readouterr().err, "already a MultiEditPipeline", "tasks ['add', 'nope']")
+    assert not (tmp_path / "o").exists()
 
 
 def test_guidance_defaults_follow_the_model_and_flags_override_them(model, image_file, tmp_path, capsys, monkeypatch):

@@ -183,6 +183,32 @@ def test_resume_after_interruption(zoo, tmp_path, monkeypatch):
     assert torch.allclose(a, b, atol=1e-7) and not (tmp_path / ".b.checkpoint").exists()
 
 
+def test_out_is_never_someone_elses_folder(zoo, learned, tmp_path, capsys, monkeypatch):
+    out, examples = learned
+    model = str(zoo("pipeline"))
+    data = tmp_path / "my_data"
+    data.mkdir()
+    (data / "train-00000.parquet").write_bytes(b"precious")
+    base = ["invert-task", "--model", model, "--examples", str(examples), "--name", "mirror", "--steps", "30",
+            "--lr", "0.05"]
+    one_line_error(capsys, base + ["--out", str(data)], "is not a task folder of invert-task")
+    assert (data / "train-00000.parquet").read_bytes() == b"precious"
+    image = tmp_path / "in.png"
+    image.write_bytes(b"not replaced")
+    one_line_error(capsys, base + ["--out", str(image)], "in.png is a file")
+    assert image.read_bytes() == b"not replaced"
+    before = (out / "task_embedding.safetensors").read_bytes()
+    one_line_error(capsys, base[:-4] + ["--steps", "31", "--lr", "0.05", "--out", str(out)],
+                   "already holds a task learned with steps 30 (now 31)")
+    # The same settings again: the finished folder is the answer, nothing is relearned.
+    import multiedit.inversion.invert as inv
+
+    monkeypatch.setattr(inv.torch.optim, "Adam", lambda *a, **k: pytest.fail("relearned a finished task"))
+    assert main(base + ["--out", str(out)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert (out / "task_embedding.safetensors").read_bytes() == before
+
+
 def one_line_error(capsys, args, *needles):
     capsys.readouterr()
     assert main(args) == 2
@@ -210,6 +236,11 @@ def test_bad_inputs(zoo, tmp_path, capsys):
     one_line_error(capsys, base + ["--examples", str(good), "--augment", "heavy"], "--augment 'heavy'", "ip2p or none")
     one_line_error(capsys, base + ["--examples", str(good), "--loss-type", "huber", "--huber-c", "-1"],
                    "--huber-c -1.0 must be positive")
+    for flags, needle in ((["--lr", "nan"], "--lr nan"), (["--lr", "-1"], "--lr -1.0"),
+                          (["--resolution", "0"], "--resolution 0"), (["--cache-variants", "0"], "--cache-variants 0"),
+                          (["--checkpoint-steps", "0"], "--checkpoint-steps 0"),
+                          (["--conditioning-dropout", "2"], "--conditioning-dropout 2.0")):
+        one_line_error(capsys, base + ["--examples", str(good), *flags], needle)
     one_line_error(capsys, ["invert-task", "--model", model, "--name", "add", "--out", str(tmp_path / "o"),
                             "--examples", str(good)], "'add' is already a task")
     from diffusers import StableDiffusionInstructPix2PixPipeline

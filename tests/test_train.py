@@ -54,12 +54,40 @@ def test_cli_trains_and_edit_loads_the_result(zoo, data, tmp_path, capsys):
 
 def test_config_file_and_flags(zoo, data, tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(f"model: {zoo('pipeline')}\ndataset: {data}\nout: {tmp_path / 'o'}\nmax-steps: 7\nbogus: 1\n")
-    with pytest.warns(UserWarning, match="bogus"):
-        c = TrainConfig.from_file(path, max_steps=3)
-    assert c.max_steps == 3 and c.resolution == 256
-    with pytest.raises(MultiEditError, match="conditioning_dropout"):
-        TrainConfig(model="m", dataset="d", out="o", conditioning_dropout=0.5)
+    head = f"model: {zoo('pipeline')}\ndataset: {data}\nout: {tmp_path / 'o'}\n"
+    path.write_text(head + "max-steps: 7\nlr: 1e-4\n")  # YAML 1.1 reads 1e-4 as a string
+    c = TrainConfig.from_file(path, max_steps=3)
+    assert c.max_steps == 3 and c.resolution == 256 and c.lr == 1e-4
+    path.write_text(head + "max_step: 7\n")  # a typo must not start a 1,000-step run
+    with pytest.raises(MultiEditError, match="unknown field 'max_step' .did you mean 'max_steps'"):
+        TrainConfig.from_file(path)
+    for line, match in (("max_steps: ten", "max_steps is 'ten'; it must be an integer"),
+                        ("use_ema: 1", "use_ema is 1; it must be true or false"),
+                        ("tasks: add", "tasks is 'add'; it must be a list")):
+        path.write_text(head + line + "\n")
+        with pytest.raises(MultiEditError, match=match):
+            TrainConfig.from_file(path)
+    with pytest.raises(MultiEditError, match="is a folder"):
+        TrainConfig.from_file(tmp_path)
+    for bad, match in ((dict(conditioning_dropout=0.5), "conditioning_dropout"), (dict(lr=-1.0), "lr=-1.0"),
+                       (dict(lr=float("nan")), "lr=nan"), (dict(resolution=0), "resolution=0"),
+                       (dict(lr_scheduler="bogus"), "lr_scheduler='bogus'; use constant"),
+                       (dict(ema_decay=1.0), "ema_decay")):
+        with pytest.raises(MultiEditError, match=match):
+            TrainConfig(model="m", dataset="d", out="o", **bad)
+
+
+def test_out_and_dataset_paths_fail_before_training(zoo, data, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    base = ["train", "--model", str(zoo("pipeline")), "--max-steps", "1"]
+    for args, needle in (([ "--dataset", str(data), "--out", str(a_file)], "notes.txt is a file"),
+                         (["--dataset", "./no-such-data", "--out", str(tmp_path / "o")],
+                          "Dataset ./no-such-data does not exist")):
+        assert main(base + args) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and needle in err[0], err
+    assert a_file.read_text() == "keep me"
 
 
 def reference_ip2p_step(unet, vae, text_encoder, input_ids, null_ids, edited, original, noise_scheduler,

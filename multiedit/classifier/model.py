@@ -237,6 +237,8 @@ def _check_t5_config(base: str | Path) -> None:
     """A local base folder must hold a T5 config (a hub name is checked by ``from_pretrained``)."""
     import json
 
+    from ..io_utils import looks_local
+
     cfg = Path(base) / "config.json"
     if not cfg.is_file():
         if Path(base).exists():
@@ -244,6 +246,9 @@ def _check_t5_config(base: str | Path) -> None:
                 f"Base folder {base} has no config.json; pass a T5 checkpoint folder "
                 f"(e.g. a download of {DEFAULT_BASE})."
             )
+        if looks_local(base):
+            raise MultiEditError(f"Base folder {base} does not exist; pass a T5 checkpoint folder or a hub name "
+                                 f"such as {DEFAULT_BASE}.")
         return
     model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
     if model_type != "t5":

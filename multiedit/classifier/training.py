@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import MultiEditError
+from ..io_utils import check_output_path
 from .model import DEFAULT_BASE
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict:
     from ..token_noise import TokenNoise
     from .data import classifier_labels, load_labeled_instructions, stratified_split
 
-    out = Path(cfg.out)
+    out = check_output_path(cfg.out, "--out", "folder")
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise MultiEditError(
             f"Output folder {out} already exists and is not empty; pass --overwrite to replace it "

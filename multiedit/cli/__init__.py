@@ -51,9 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     except MultiEditError as exc:
         print(f"multiedit {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the checks could not foresee (permissions, a full disk, /proc)
+        print(f"multiedit {args.verb}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"multiedit {args.verb}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
         return 130
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One sentence for an operating-system error: what failed on which path, and what to check."""
+    what = exc.strerror or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if not paths:
+        return f"{what} ({exc}); check the paths given and the free disk space."
+    return f"{what}: {' -> '.join(paths)}; check that the path exists, is of the right kind and is writable."
 
 
 def _quiet_libraries(verbose: bool) -> None:

@@ -133,9 +133,15 @@ def read_instruction_file(path: str | Path) -> list[str]:
     from ..errors import MultiEditError
 
     path = Path(path)
+    if path.is_dir():
+        raise MultiEditError(f"--file {path} is a folder; pass a text file with one instruction per line.")
     if not path.is_file():
         raise MultiEditError(f"--file {path} does not exist; pass a text file with one instruction per line.")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MultiEditError(f"--file {path} is not UTF-8 text; pass a text file with one instruction per line.") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def run_predict(args) -> int:

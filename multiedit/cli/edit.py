@@ -9,7 +9,9 @@ def register(sub) -> None:
     p.add_argument("--image", required=True, help="Input image (any mode or size; EXIF rotation is applied).")
     p.add_argument("--instruction", action="append", required=True,
                    help="Edit instruction; repeat for multi-turn editing, applied in turn.")
-    p.add_argument("--task", help="Task name (default: predicted by the model's task classifier).")
+    p.add_argument("--task", action="append",
+                   help="Task name (default: predicted by the model's task classifier); with several --instruction, "
+                        "give it once for every turn or once per turn, in order.")
     p.add_argument("--task-embedding", action="append", default=[], metavar="DIR",
                    help="A learned task folder (from invert-task) to load; repeatable.")
     p.add_argument("--out", required=True, help="Output image path (.png, .jpg, .webp).")

@@ -29,12 +29,13 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..errors import MultiEditError
-    from ..io_utils import atomic_dir
+    from ..io_utils import atomic_dir, check_output_path
     from ..pipeline import MultiEditPipeline
 
     out = Path(args.out)
     if out.exists():
         raise MultiEditError(f"--out {out} already exists; choose a new folder.")
+    check_output_path(out, "--out", "folder")
     pipe = MultiEditPipeline.from_base(args.base, tasks=args.tasks, task_token=args.task_token,
                                        residual=args.residual, prediction_type=args.prediction_type,
                                        position_channels=args.position_channels)

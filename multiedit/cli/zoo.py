@@ -17,8 +17,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..io_utils import check_output_path
     from ..testing import build_zoo
 
+    check_output_path(args.out, "--out", "folder")
     for name, path in build_zoo(args.out, parts=args.parts, seed=args.seed, overwrite=args.overwrite).items():
         print(f"{name:16s} {path}")
     return 0

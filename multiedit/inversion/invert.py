@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +63,16 @@ class InvertConfig:
             raise MultiEditError(f"--loss-type {self.loss_type!r}: use {one_of(LOSS_TYPES)}.")
         if not self.huber_c > 0:
             raise MultiEditError(f"--huber-c {self.huber_c} must be positive.")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise MultiEditError(f"--lr {self.lr} must be a positive number (the default is 5e-3).")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise MultiEditError(f"--resolution {self.resolution} must be a positive multiple of 8 (or left out).")
+        if not 0 <= self.conditioning_dropout <= 1 / 3:
+            raise MultiEditError(f"--conditioning-dropout {self.conditioning_dropout} must be in [0, 1/3]: it is used "
+                                 "three times (text, image, both).")
+        for name in ("cache_variants", "checkpoint_steps"):
+            if getattr(self, name) < 1:
+                raise MultiEditError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1.")
 
 
 def initial_vector(table: torch.Tensor, init: str, task_names: list[str]) -> torch.Tensor:
@@ -85,6 +96,11 @@ def invert_task(cfg: InvertConfig) -> Path:
     from .examples import load_examples
     from .task_file import save_task_embedding
 
+    out = Path(cfg.out)
+    if _already_done(out, cfg):
+        print(f"{out} already holds task {cfg.name!r} learned from these examples with these steps, lr and init; "
+              "nothing to do.")
+        return out
     pipe = load_pipeline(cfg.model)
     table = task_table(pipe.unet)  # a model without a task table fails here
     if cfg.name in pipe.task_names:
@@ -123,7 +139,6 @@ def invert_task(cfg: InvertConfig) -> Path:
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=0.0)
 
-    out = Path(cfg.out)
     ckpt = out.with_name(f".{out.name}.checkpoint")
     step = _resume(ckpt, cfg, params, optimizer)
     n = len(pairs)
@@ -156,6 +171,28 @@ def invert_task(cfg: InvertConfig) -> Path:
 
         shutil.rmtree(ckpt)
     return out
+
+
+def _already_done(out: Path, cfg: InvertConfig) -> bool:
+    """True when ``out`` is this run's finished task folder. Anything else already at ``out`` is refused: the
+    folder is replaced when the run ends, and it must not be a user's data or another run's result."""
+    from ..io_utils import check_output_path
+    from .task_file import CONFIG_NAME
+
+    check_output_path(out, "--out", "folder")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    try:
+        done = json.loads((out / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        raise MultiEditError(f"--out {out} already exists and is not a task folder of invert-task; choose a new "
+                             "folder (invert-task replaces its --out).") from None
+    settings = {"name": cfg.name, "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "examples": str(cfg.examples)}
+    differ = [f"{k} {done.get(k)!r} (now {v!r})" for k, v in settings.items() if done.get(k) != v]
+    if differ:
+        raise MultiEditError(f"--out {out} already holds a task learned with {', '.join(differ)}; choose another "
+                             "--out, or delete that folder to learn it again.")
+    return True
 
 
 def _save_checkpoint(ckpt: Path, cfg: InvertConfig, step: int, params, optimizer) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
-import warnings
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -18,6 +19,8 @@ AUGMENT_MODES = ("ip2p", "none")
 LOSS_TYPES = ("l2", "l1", "huber", "berhu")
 # How training timesteps are drawn (``timestep_bias_strategy``): see ``objective.timestep_bias_weights``.
 TIMESTEP_BIAS_STRATEGIES = ("none", "later", "earlier")
+# diffusers' ``get_scheduler`` names that need no extra arguments.
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
 def one_of(values) -> str:
@@ -53,9 +56,9 @@ class TrainConfig:
     lr: float = _f(5e-5, "Learning rate of the UNet / LoRA weights.")
     task_lr: float | None = _f(None, "Learning rate of the task table (default: --lr).")
     weight_decay: float = _f(1e-2, "AdamW weight decay (never applied to the task table).")
-    lr_scheduler: str = _f("constant_with_warmup", "diffusers LR schedule: constant, constant_with_warmup, cosine, linear, ...")
+    lr_scheduler: str = _f("constant_with_warmup", "diffusers LR schedule.", choices=list(LR_SCHEDULERS))
     lr_warmup_steps: int = _f(0, "LR warm-up steps.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0: no clipping).")
     train_mode: str = _f("full", "What trains: full (UNet + task table), tasks (task table only), lora (LoRA + task table).",
                          choices=["full", "tasks", "lora"])
     lora_rank: int = _f(8, "LoRA rank (train_mode=lora).")
@@ -134,8 +137,22 @@ class TrainConfig:
             raise MultiEditError(f"timestep_bias_multiplier={self.timestep_bias_multiplier} must be positive.")
         if not 0 < self.timestep_bias_portion <= 1:
             raise MultiEditError(f"timestep_bias_portion={self.timestep_bias_portion} must be in (0, 1].")
-        if self.resolution % 8:
-            raise MultiEditError(f"resolution={self.resolution} must be a multiple of 8.")
+        if self.resolution < 8 or self.resolution % 8:
+            raise MultiEditError(f"resolution={self.resolution} must be a positive multiple of 8.")
+        for name in ("lr", "task_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise MultiEditError(f"{name}={value} must be a positive number.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise MultiEditError(f"weight_decay={self.weight_decay} must be 0 or more.")
+        if not self.max_grad_norm >= 0:
+            raise MultiEditError(f"max_grad_norm={self.max_grad_norm} must be 0 (no clipping) or more.")
+        if not 0 <= self.ema_decay < 1:
+            raise MultiEditError(f"ema_decay={self.ema_decay} must be in [0, 1).")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise MultiEditError(f"lr_scheduler={self.lr_scheduler!r}; use {one_of(LR_SCHEDULERS)}.")
+        if self.lr_warmup_steps < 0:
+            raise MultiEditError(f"lr_warmup_steps={self.lr_warmup_steps} must be 0 or more.")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "cache_variants"):
             if getattr(self, name) < 1:
                 raise MultiEditError(f"{name}={getattr(self, name)} must be at least 1.")
@@ -147,8 +164,10 @@ class TrainConfig:
     # ------------------------------------------------------------------ files and CLI
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
-        """Read a YAML or JSON file of the same fields; unknown keys warn, CLI ``overrides`` win."""
+        """Read a YAML or JSON file of the same fields (checked by name and type); CLI ``overrides`` win."""
         path = Path(path)
+        if path.is_dir():
+            raise MultiEditError(f"Config file {path} is a folder; pass a YAML or JSON file.")
         if not path.is_file():
             raise MultiEditError(f"Config file {path} does not exist.")
         try:
@@ -160,16 +179,44 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise MultiEditError(f"Config file {path} must hold a mapping of field names to values.")
         data = {k.replace("-", "_"): v for k, v in data.items()}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            warnings.warn(f"{path}: ignoring unknown field(s) {unknown}.", stacklevel=2)
-        data = {k: v for k, v in data.items() if k in known}
+        types = {f.name: str(f.type) for f in fields(cls)}
+        for key in sorted(set(data) - set(types)):
+            close = difflib.get_close_matches(key, types, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "see `multiedit train --help` for the fields"
+            raise MultiEditError(f"Config file {path}: unknown field {key!r} ({hint}); fix or remove it.")
+        data = {k: _typed(v, types[k], f"Config file {path}: {k}") for k, v in data.items()}
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _typed(value, annotation: str, where: str):
+    """``value`` checked against a field annotation such as ``int``, ``float | None`` or ``list[str] | None``.
+
+    Numbers written as strings are read for float fields: YAML 1.1 parses ``1e-4`` (no dot) as a string.
+    """
+    if value is None and "None" in annotation:
+        return None
+    kind = annotation.split(" ")[0]
+    if kind == "float" and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+    }.get(kind, True)
+    if not ok:
+        want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                "list[str]": "a list of strings"}[kind]
+        raise MultiEditError(f"{where} is {value!r}; it must be {want}.")
+    return float(value) if kind == "float" else value
 
 
 def add_field_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, default=None, help: str = "") -> None:

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import MultiEditError
 from ..images import to_rgb
+from ..io_utils import looks_local
 from .config import AUGMENT_MODES
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,15 @@ def load_edit_dataset(source: str, split: str = "train"):
                 files = sorted(str(p) for p in path.rglob("*.parquet") if not p.name.startswith("."))
                 return datasets.load_dataset("parquet", data_files={"train": files}, split="train")
             return datasets.load_dataset(str(path), split=split)
-        if path.exists() or str(source).startswith((".", "/")):
-            raise MultiEditError(f"Dataset {source} is not a folder; pass a dataset folder or a Hugging Face dataset name.")
+        if looks_local(source):
+            what = "is a file, not a folder" if path.exists() else "does not exist"
+            raise MultiEditError(f"Dataset {source} {what}; pass a dataset folder or a Hugging Face dataset name.")
         return datasets.load_dataset(source, split=split)
     except MultiEditError:
         raise
     except Exception as exc:
-        raise MultiEditError(f"Could not load dataset {source!r} ({type(exc).__name__}: {exc}).") from None
+        local = "" if path.exists() else "; there is no local folder of that name either"
+        raise MultiEditError(f"Could not load dataset {source!r} ({type(exc).__name__}: {exc}){local}.") from None
 
 
 def decode_image(value, where: str) -> PIL.Image.Image:

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import MultiEditError
+from ..io_utils import check_output_path
 from .balance import task_loss_weights
 from .config import TrainConfig
 from .data import build_dataset, collate
@@ -85,7 +86,7 @@ def train(cfg: TrainConfig) -> Path:
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    out = Path(cfg.out)
+    out = check_output_path(cfg.out, "--out", "folder")
     out.mkdir(parents=True, exist_ok=True)
     report_to = None if cfg.report_to == "none" else cfg.report_to
     accelerator = Accelerator(
