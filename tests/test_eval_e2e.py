@@ -317,10 +317,110 @@ def test_input_errors_are_one_clean_line(zoo, emu_dir, backbones, tmp_path, caps
     assert_clean_failure(code, err, "facebook/emu_edit_test_set", "offline", "--data DIR")
     code, _, err = run(capsys, "--data", str(emu_dir), "--predictions", str(tmp_path / "none"), "--out", out, *backbones)
     assert_clean_failure(code, err, "--predictions", "is not a folder")
-    (tmp_path / "p").mkdir()
-    code, _, err = run(capsys, "--data", str(emu_dir), "--predictions", str(tmp_path / "p"), "--out", out,
+    preds = tmp_path / "p"
+    preds.mkdir()
+    for i in range(100, 104):
+        random_image(32, 32, seed=i).save(preds / f"{i}.png")
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "--data", str(emu_dir), "--predictions", str(preds), "--out", out,
                        "--clip", str(tmp_path / "empty"), "--dino", str(zoo("dino")))
-    assert_clean_failure(code, err, "CLIP model", "--clip")
+    assert_clean_failure(code, err, "CLIP model", "--clip", "check that the folder holds a transformers checkpoint")
+
+
+@pytest.fixture
+def emu_preds(emu_dir, tmp_path):
+    """Readable predictions for the 4 test rows of emu_dir (ids 100..103)."""
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for i in range(100, 104):
+        random_image(32, 32, seed=i + 7).save(preds / f"{i}.png")
+    return preds
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (["--batch-size", "0"], ["--batch-size must be at least 1", "got 0"]),
+    (["--examples", "-1"], ["--examples must be 0", "got -1"]),
+    (["--device", "bogus"], ["--device 'bogus' is not a valid device", "cpu"]),
+    (["--device", "cuda" if not torch.cuda.is_available() else "cuda:99"], ["is not available", "--device cpu"]),
+])
+def test_bad_scoring_flags_are_one_clean_line(emu_dir, emu_preds, backbones, tmp_path, capsys, flags, needles):
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "--data", str(emu_dir), "--predictions", str(emu_preds), "--out", str(out),
+                       *backbones, *flags)
+    assert_clean_failure(code, err, *needles)
+    assert not (out / "report.json").exists()
+
+
+@pytest.mark.parametrize("flag, part, needles", [
+    ("--clip", "dino", ["is not a CLIP model", "model_type 'vit'", "openai/clip-vit-base-patch32"]),
+    ("--clip", "grounding-dino", ["is not a CLIP model", "model_type 'grounding-dino'"]),
+    ("--dino", "clip", ["is not a DINO-style vision model", "CLIPModel", "facebook/dino-vits16"]),
+])
+def test_backbone_folder_of_another_model_type_is_refused(zoo, emu_dir, emu_preds, tmp_path, capsys, flag, part,
+                                                            needles):
+    chosen = {"--clip": str(zoo("clip")), "--dino": str(zoo("dino")), flag: str(zoo(part))}
+    code, _, err = run(capsys, "--data", str(emu_dir), "--predictions", str(emu_preds), "--out", str(tmp_path / "o"),
+                       "--clip", chosen["--clip"], "--dino", chosen["--dino"])
+    assert_clean_failure(code, err, f"{flag} {zoo(part)}", *needles)
+
+
+def test_rerun_with_other_generation_settings_is_refused(zoo, ours_dir, backbones, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--data", str(ours_dir), "--model", str(zoo("pipeline")), "--out", str(out), *backbones]
+    code, _, err = run(capsys, *args, "--steps", "1")
+    assert code == 0, err
+    record = json.loads((out / "predictions" / "settings.json").read_text())
+    assert record["steps"] == 1 and record["seed"] == 0 and record["model"] == str(zoo("pipeline").resolve())
+    preds = sorted((out / "predictions").glob("*.png"))
+    mtimes = [p.stat().st_mtime_ns for p in preds]
+
+    code, _, err = run(capsys, *args, "--steps", "2")
+    assert_clean_failure(code, err, "made with --steps 1, not --steps 2", "new --out", "rerun with --steps 1")
+    code, _, err = run(capsys, *args, "--steps", "1", "--seed", "3", "--guidance-scale", "5")
+    assert_clean_failure(code, err, "--seed 0, --guidance-scale 7.5, not --seed 3, --guidance-scale 5.0")
+    assert report(out)["outputs"]["steps"] == 1  # the report still describes the edits on disk
+    # the same settings (paths spelt differently) resume; scoring-only flags may change
+    code, _, err = run(capsys, "--data", f"{ours_dir}/", "--model", str(zoo("pipeline")), "--out", str(out),
+                       "--steps", "1", "--batch-size", "1", "--examples", "0", *backbones)
+    assert code == 0, err
+    assert [p.stat().st_mtime_ns for p in preds] == mtimes
+    # edits with no record (an older multiedit) are not trusted either
+    (out / "predictions" / "settings.json").unlink()
+    code, _, err = run(capsys, *args, "--steps", "1")
+    assert_clean_failure(code, err, "no settings.json", "new --out")
+
+
+def test_predictions_folder_with_nothing_readable_is_refused(emu_dir, backbones, tmp_path, capsys):
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    out = tmp_path / "o"
+    args = ["--data", str(emu_dir), "--predictions", str(preds), "--out", str(out), *backbones]
+    code, _, err = run(capsys, *args)
+    assert_clean_failure(code, err, f"--predictions {preds}", "none of the 4 predictions", "100.png")
+    for i in range(100, 104):
+        (preds / f"{i}.png").write_bytes(b"not a png")
+    code, _, err = run(capsys, *args)
+    assert_clean_failure(code, err, "No sample could be scored", f"{preds / '100.png'}", "not an image")
+    (preds / "100.png").unlink()
+    code, _, err = run(capsys, *args)
+    assert_clean_failure(code, err, "1 of 4 predictions are missing", "100.png")
+    assert not (out / "report.json").exists()
+
+
+def test_hub_errors_are_whole_and_missing_local_paths_fail_at_once(zoo, emu_dir, emu_preds, backbones, tmp_path,
+                                                                   capsys):
+    out = str(tmp_path / "o")
+    code, _, err = run(capsys, "--data", str(emu_dir), "--predictions", str(emu_preds), "--out", out,
+                       "--clip", "nodir", "--dino", str(zoo("dino")))
+    assert_clean_failure(code, err, "--clip nodir: could not load", "couldn't find them in the cached files)",
+                         "--clip DIR")
+    assert len(err.strip().splitlines()) == 1 and "'https://)" not in err, err  # not cut mid-URL, one line
+    for value in ("./missing", "missing/", str(tmp_path / "missing"), "~/no-such-multiedit-data"):
+        code, _, err = run(capsys, "--data", value, "--predictions", str(emu_preds), "--out", out, *backbones)
+        assert_clean_failure(code, err, f"--data {value} is not a local folder")
+    code, _, err = run(capsys, "--data", str(emu_dir), "--predictions", str(emu_preds), "--out", out,
+                       "--clip", "../missing-clip", "--dino", str(zoo("dino")))
+    assert_clean_failure(code, err, "--clip ../missing-clip is not a local folder")
 
 
 def test_score_cache_survives_a_torn_last_line(tmp_path):

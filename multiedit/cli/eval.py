@@ -9,7 +9,11 @@ MagicBrush protocol (ground truth): L1, L2, CLIP-I, DINO against the target, CLI
 single-turn, plus multi-turn (final turn and all turns) where the data has sessions.
 Outputs come from --model (edited now, into OUT/predictions), from --predictions DIR (files
 <id>.png, and iterative/<id>.png for multi-turn chains), or from the data itself. Rerunning the
-same command resumes: finished edits and scores are kept.
+same command resumes: finished edits and scores are kept. OUT/predictions/settings.json records what made
+the edits (--model, --task-embedding, --data, --layout, --split, --task, --steps, --seed, the guidance
+scales, --resolution, --alpha); a rerun with any of these changed is refused, naming the setting, rather
+than reusing or overwriting those edits: pass a new --out, or the recorded settings. Changing only
+--clip, --dino, --captions, --limit, --batch-size, --examples or --device reuses the edits.
 """
 
 
@@ -28,7 +32,9 @@ def register(sub) -> None:
     src.add_argument("--predictions", metavar="DIR",
                      help="Score existing outputs: DIR/<id>.png per sample (ids are in report.json and OUT/predictions "
                           "of a --model run), DIR/iterative/<id>.png for multi-turn chains.")
-    p.add_argument("--out", required=True, help="Output folder for report.json, report.md, examples.png (and predictions).")
+    p.add_argument("--out", required=True,
+                   help="Output folder for report.json, report.md, examples.png (and predictions); rerun with the same "
+                        "settings to resume, or pass a new one to edit with other settings.")
     p.add_argument("--clip", default=DEFAULT_CLIP, help=f"CLIP checkpoint, hub name or folder (default {DEFAULT_CLIP}).")
     p.add_argument("--dino", default=DEFAULT_DINO, help=f"DINO ViT checkpoint, hub name or folder (default {DEFAULT_DINO}).")
     p.add_argument("--captions", metavar="JSON",
@@ -66,7 +72,7 @@ def run(args) -> int:
     )
     for name, st in report["settings"].items():
         cells = [f"{METRICS[m][0]}={st['all'][m]['mean']:.4f}" for m in st["metrics"] if st["all"][m]["mean"] is not None]
-        print(f"{name} ({st['all']['n']} samples): {' '.join(cells)}")
+        print(f"{name} ({st['all']['n']} samples): {' '.join(cells) or 'no metric computed, see report.md'}")
     n_ex = len(report["excluded"]["samples"])
     if n_ex:
         print(f"excluded: {n_ex} sample/metric entries, reasons in {args.out}/report.md")

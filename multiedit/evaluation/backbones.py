@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import PIL.Image
+
 from ..errors import MultiEditError
+from .checks import brief, looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +49,51 @@ def identity(name: str, model) -> dict:
 
 
 def _load(what: str, flag: str, name: str, loader):
+    local = Path(str(name)).expanduser().exists()
+    if not local and looks_like_path(name):
+        raise MultiEditError(f"{flag} {name} is not a local folder; check the path, or pass a Hugging Face model name.")
     try:
         return loader()
     except Exception as exc:
-        local = Path(str(name)).expanduser().exists()
         hint = (
             "check that the folder holds a transformers checkpoint (config.json + weights + processor files)"
             if local
             else f"this machine may be offline: download it where there is network and pass {flag} DIR"
         )
-        raise MultiEditError(f"Could not load the {what} {name!r} ({type(exc).__name__}: {str(exc)[:200]}); {hint}.") from None
+        raise MultiEditError(f"{flag} {name}: could not load the {what} ({brief(exc)}); {hint}.") from None
 
 
-def _device(device: str | None):
+def resolve_device(device=None):
+    """``auto`` (CUDA if present, else CPU) or a torch device string that works on this machine."""
     import torch
 
+    if isinstance(device, torch.device):
+        return device
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise MultiEditError(f"--device {device!r} is not a valid device; pass auto, cpu, cuda or cuda:N.") from None
+    try:
+        torch.empty(1, device=dev)
+    except Exception as exc:  # no CUDA build, no such GPU, no MPS ...
+        raise MultiEditError(
+            f"--device {device} is not available on this machine ({brief(exc)}); pass --device cpu or auto."
+        ) from None
+    return dev
+
+
+def _model_type(what: str, flag: str, name: str, accepted: tuple, example: str) -> None:
+    """Refuse a checkpoint of another model type (``from_pretrained`` would load it with random weights)."""
+    from transformers import AutoConfig
+
+    model_type = _load(f"{what} config", flag, name, lambda: AutoConfig.from_pretrained(str(name))).model_type
+    if model_type not in accepted:
+        raise MultiEditError(
+            f"{flag} {name} is not a {what} (its config.json says model_type {model_type!r}); pass a {what} "
+            f"checkpoint such as {example}."
+        )
 
 
 @dataclass
@@ -79,9 +109,10 @@ class ClipBackbone:
     def load(cls, name: str = DEFAULT_CLIP, device: str | None = None) -> "ClipBackbone":
         from transformers import AutoProcessor, CLIPModel
 
+        _model_type("CLIP model", "--clip", name, ("clip",), DEFAULT_CLIP)
         model = _load("CLIP model", "--clip", name, lambda: CLIPModel.from_pretrained(str(name)))
         processor = _load("CLIP processor", "--clip", name, lambda: AutoProcessor.from_pretrained(str(name)))
-        dev = _device(device)
+        dev = resolve_device(device)
         model = model.to(dev).eval()
         return cls(model, processor, dev, identity(name, model))
 
@@ -130,9 +161,17 @@ class DinoBackbone:
 
         model = _load("DINO model", "--dino", name, lambda: AutoModel.from_pretrained(str(name)))
         processor = _load("DINO image processor", "--dino", name, lambda: AutoImageProcessor.from_pretrained(str(name)))
-        dev = _device(device)
+        dev = resolve_device(device)
         model = model.to(dev).eval()
-        return cls(model, processor, dev, identity(name, model))
+        backbone = cls(model, processor, dev, identity(name, model))
+        try:  # a text-and-image model (CLIP, Grounding DINO) loads with AutoModel too, then fails on images alone
+            backbone.embed_images([PIL.Image.new("RGB", (32, 32))])
+        except Exception as exc:
+            raise MultiEditError(
+                f"--dino {name} is not a DINO-style vision model: its {type(model).__name__} does not embed an image "
+                f"alone ({brief(exc, 120)}); pass a ViT checkpoint such as {DEFAULT_DINO}."
+            ) from None
+        return backbone
 
     def embed_images(self, images: list) -> Any:
         """PIL images → (N, D) float32 tensor on CPU."""

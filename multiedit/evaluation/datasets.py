@@ -33,6 +33,7 @@ from pathlib import Path
 import PIL.Image
 
 from ..errors import MultiEditError
+from .checks import brief, looks_like_path
 
 log = logging.getLogger(__name__)
 
@@ -198,13 +199,16 @@ def open_split(source: str, split: str | None, default_split: str):
             sizes = {k: len(v) for k, v in dd.items()}
             name = _choose_split(list(dd), split, default_split, source)
             return dd[name], name, sizes
-        if path.exists() or str(source).startswith((".", "/", "~")):
+        if path.exists():
             raise MultiEditError(f"Dataset {source} is not a folder; pass a dataset folder or a Hugging Face dataset name.")
+        if looks_like_path(source):  # a mistyped path: fail now, not after a round of hub retries
+            raise MultiEditError(f"--data {source} is not a local folder; check the path, or pass a Hugging Face "
+                                 "dataset name such as osunlp/MagicBrush.")
     except MultiEditError:
         raise
     except Exception as exc:
         raise MultiEditError(
-            f"Could not read the dataset folder {source} ({type(exc).__name__}: {exc}); pass a folder of Parquet files, "
+            f"Could not read the dataset folder {source} ({brief(exc)}); pass a folder of Parquet files, "
             "a save_to_disk folder or a Hugging Face dataset name."
         ) from None
     try:  # a Hub name: split sizes from the metadata first, then only the split we need
@@ -216,7 +220,7 @@ def open_split(source: str, split: str | None, default_split: str):
         raise
     except Exception as exc:
         raise MultiEditError(
-            f"Could not load dataset {source!r} from the Hugging Face Hub ({type(exc).__name__}: {str(exc)[:160]}); "
+            f"Could not load dataset {source!r} from the Hugging Face Hub ({brief(exc, 160)}); "
             f"if this machine is offline, download it elsewhere (`huggingface-cli download --repo-type dataset {source} "
             "--local-dir DIR`) and pass --data DIR."
         ) from None

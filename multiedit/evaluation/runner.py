@@ -6,9 +6,11 @@ Output folder::
     OUT/examples.png                 a grid of examples (input | output | target)
     OUT/predictions/<id>.png         with --model: the single-turn edits (same layout --predictions reads)
     OUT/predictions/iterative/<id>.png   with --model and multi-turn data: the iterative chain
+    OUT/predictions/settings.json    with --model: the settings that made the edits (see :mod:`.provenance`)
     OUT/cache/scores-<hash>.jsonl    per-sample scores; a rerun reuses them (hash = data + backbones)
 
-Every write is atomic or append-only; rerunning the same command skips finished edits and scores.
+Every write is atomic or append-only; rerunning the same command skips finished edits and scores, and a
+rerun with other generation settings is refused rather than reusing edits made with the old ones.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import PIL.Image
 
 from ..errors import MultiEditError
 from ..io_utils import atomic_file
-from .backbones import DEFAULT_CLIP, DEFAULT_DINO, ClipBackbone, DinoBackbone
+from .backbones import DEFAULT_CLIP, DEFAULT_DINO, ClipBackbone, DinoBackbone, resolve_device
+from .checks import check_eval_args, check_predictions_present, require_scored
 from .datasets import EvalSample, EvalSet, SampleProblem, load_eval_set
+from .provenance import check_settings, generation_settings, record_settings
 from .scoring import DataOutputs, PredictionDir, ScoreCache, score_setting
 
 log = logging.getLogger(__name__)
@@ -184,7 +188,9 @@ def evaluate(
     Outputs come from ``model`` (edited now, into ``out/predictions``), from ``predictions`` (a folder
     in :class:`PredictionDir`'s layout), or, with neither, from the data (an ``edited_image`` column of
     the emu layout, e.g. Emu Edit's own generations; in our layout the dataset's edited images are then
-    scored as outputs, without ground-truth metrics).
+    scored as outputs, without ground-truth metrics). With ``model``, ``out/predictions/settings.json``
+    records the generation settings; a rerun with other settings raises :class:`MultiEditError` (see
+    :mod:`.provenance`). A run in which no sample can be scored at all raises too, naming the first problem.
     """
     from .report import build_report, write_report
 
@@ -197,9 +203,17 @@ def evaluate(
         raise MultiEditError(f"--out {out} is a file; pass a folder for the report.")
     if predictions is not None and not Path(predictions).is_dir():
         raise MultiEditError(f"--predictions {predictions} is not a folder; pass the folder holding <id>.png files.")
+    check_eval_args(batch_size, examples, limit)
+    device = resolve_device(device)
     evalset = load_eval_set(data, layout=layout, split=split, limit=limit, captions=captions)
     if not evalset.samples:
         raise MultiEditError(f"Dataset {data} (split {evalset.split}) has no rows to evaluate.")
+    if model is not None or pipe is not None:
+        gen = generation_settings(evalset, model, task_embeddings, task, steps, seed, guidance_scale,
+                                  image_guidance_scale, resolution, alpha)
+        check_settings(out / "predictions", gen)  # before any model loads: other settings are refused at once
+    elif predictions is not None:
+        check_predictions_present(evalset.samples, PredictionDir(predictions))
     out.mkdir(parents=True, exist_ok=True)
     notes = list(evalset.notes)
 
@@ -214,6 +228,7 @@ def evaluate(
         if clip_model.device.type != "cpu":
             pipe = pipe.to(clip_model.device)
         pred_dir = out / "predictions"
+        record_settings(pred_dir, gen)
         failures = run_editor(evalset, pipe, pred_dir, task=task, steps=steps, seed=seed, guidance_scale=guidance_scale,
                               image_guidance_scale=image_guidance_scale, resolution=resolution, alpha=alpha)
         outputs = PredictionDir(pred_dir, failures)
@@ -241,6 +256,7 @@ def evaluate(
     cache = ScoreCache(out / "cache" / f"scores-{_fingerprint(evalset, clip_model.info, dino_model.info, captions)}.jsonl")
     records = {"single_turn": score_setting(evalset, evalset.samples, "single_turn", protocols, outputs,
                                             clip_model, dino_model, cache, batch_size)}
+    require_scored(records["single_turn"], evalset.samples, outputs)
     groups = evalset.groups()
     if evalset.has_turns and outputs.kind == "predictions" and evalset.has("target"):
         in_groups = [s for turns in groups.values() for s in turns]
