@@ -104,6 +104,8 @@ def test_several_learned_tasks_load_at_once_and_edit_cli_uses_them(zoo, learned,
     fresh = MultiEditPipeline.from_pretrained(zoo("pipeline"))
     assert load_task_embedding(fresh, out) == "mirror" and load_task_embedding(fresh, tmp_path / "copy") == "mirror2"
     assert fresh.task_names[-2:] == ["mirror", "mirror2"]
+    with pytest.raises(MultiEditError, match="'mirror' in .* is already loaded into this model"):
+        load_task_embedding(fresh, out)
     img = tmp_path / "in.png"
     random_image(32, 32).save(img)
     code = main(["edit", "--model", str(zoo("pipeline")), "--image", str(img), "--instruction", "mirror it",

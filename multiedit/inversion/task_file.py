@@ -129,6 +129,11 @@ def load_task_embedding(pipe, path: str | Path, strict: bool = True) -> str:
             "a task vector only fits the backbone it was learned on (pass strict=False to load it anyway)."
         )
     if name in pipe.task_names:
-        raise MultiEditError(f"The learned task {name!r} in {path} collides with an existing task of this model.")
+        if name in config.get("base_model", {}).get("task_names", [name])[-1:]:  # its own row, appended last
+            raise MultiEditError(f"The learned task {name!r} in {path} is already loaded into this model; pass each "
+                                 "--task-embedding folder once (two folders of the same name: rename one with "
+                                 "invert-task --name).")
+        raise MultiEditError(f"The learned task {name!r} in {path} has the name of one of this model's own tasks; "
+                             "learn it again under a new --name.")
     pipe.add_task(name, init=vec, token_init=tensors.get("task_token"))
     return name
