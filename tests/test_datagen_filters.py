@@ -178,3 +178,25 @@ def test_dense_maps(photo):
     assert d[0, 0] == 0 and d[0, -1] == 255 and (np.diff(d[0].astype(int)) >= 0).all()
     with pytest.raises(ValueError, match="pose"):
         compute_map(photo, "pose")
+
+
+def test_bad_filter_and_limit_values_are_one_sentence_and_exit_2(tmp_path, capsys):
+    from multiedit.cli import main
+    from multiedit.datagen.engine import DatagenConfig
+    from multiedit.errors import MultiEditError
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:  # argparse: usage line, one sentence, exit 2
+        main(["datagen", "filter", "--dataset", "d", "--task", "add", "--out", str(out), "--max-depth-l1", "abc"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --max-depth-l1: 'abc' is not a number >= 0 or 'off'" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert DatagenConfig("add", out, max_depth_l1="0.25").max_depth_l1 == 0.25
+    assert DatagenConfig("add", out, max_depth_l1="off").max_depth_l1 == "off"
+    with pytest.raises(MultiEditError, match="--max-depth-l1 'abc'"):
+        DatagenConfig("add", out, max_depth_l1="abc")
+    with pytest.raises(MultiEditError, match="--limit is 0; it must be at least 1"):
+        DatagenConfig("add", out, limit=0)
+    with pytest.raises(MultiEditError, match="--num-shards is 0; it must be at least 1"):
+        DatagenConfig("add", out, num_shards=0, shard_index=0)

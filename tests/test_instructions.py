@@ -233,6 +233,38 @@ def test_read_captions_from_text_jsonl_parquet_and_saved_dataset(tmp_path):
         read_captions(tmp_path / "nope.txt")
 
 
+def test_bad_caption_input_is_one_sentence_exit_2_and_writes_nothing(tmp_path, capsys):
+    import PIL.Image
+
+    caps = tmp_path / "caps.txt"
+    caps.write_text("a dog\na cat\n")
+    png = tmp_path / "in.png"
+    PIL.Image.new("RGB", (8, 8), (200, 0, 3)).save(png)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    out = tmp_path / "out"
+    base = ["datagen", "instructions", "--task", "add", "--llm", "template", "--out", str(out), "--no-progress"]
+    cases = [
+        (["--captions", str(png)], f"{png} is not UTF-8 text"),
+        (["--captions", str(empty)], f"{empty} holds no captions"),
+        (["--captions", str(caps), "--limit", "0"], "--limit is 0; it must be at least 1"),
+        (["--captions", str(caps), "--limit", "-1"], "--limit is -1; it must be at least 1"),
+        (["--captions", str(caps), "--num-shards", "0", "--shard-index", "0"],
+         "--num-shards is 0; it must be at least 1"),
+    ]
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and "0..-1" not in err, err
+        assert not out.exists(), extra
+    jl = tmp_path / "c.jsonl"
+    jl.write_bytes(b'{"caption": "a \xff dog"}\n')
+    with pytest.raises(MultiEditError, match="not UTF-8 text"):
+        read_captions(jl)
+    assert main(base + ["--captions", str(caps), "--limit", "1"]) == 0  # a valid rerun into the same folder works
+    assert "1 accepted" in capsys.readouterr().out
+
+
 # --- template writer ------------------------------------------------------------------------------
 
 

@@ -225,6 +225,54 @@ def test_datagen_verb_with_the_shapes_backend_writes_and_resumes(tmp_path, capsy
     assert len(load_edit_dataset(str(out))) == 4
 
 
+def test_bad_shapes_flags_are_refused_before_anything_is_written(tmp_path, capsys):
+    from multiedit.cli import main
+    from multiedit.datagen.shapes import write_shapes_dataset
+    from multiedit.errors import MultiEditError
+
+    out = tmp_path / "d"
+    base = ["datagen", "--backend", "shapes", "-n", "1", "--out", str(out), "--no-progress"]
+    cases = [
+        (["--task", "add", "--size", "0"], "--size 0:"),
+        (["--task", "add", "--size", "-64"], "--size -64:"),
+        (["--task", "add", "--size", "16"], "--size 16:"),  # a striped small shape would show no colour
+        (["--task", "add", "--size", "4096"], "--size 4096:"),
+        (["--task", ""], "--task '' names no task"),
+        (["--task", " , "], "--task ' , ' names no task"),
+        (["--task", "add", "--captions", "caps.txt"], "--captions has no effect"),
+        (["--task", "add", "--llm", "template"], "--llm has no effect"),
+        (["--task", "add", "--sd-model", "some/model"], "--sd-model has no effect"),
+    ]
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert not out.exists(), extra  # no shapes.json to refuse the corrected rerun
+    assert "the shapes backend generates its own scenes" in err
+    with pytest.raises(MultiEditError, match="--size 0"):
+        write_shapes_dataset(out, ["add"], 1, size=0)
+    with pytest.raises(MultiEditError, match="split='val'"):
+        write_shapes_dataset(out, ["add"], 1, split="val")
+    assert not out.exists()
+    assert main(base + ["--task", "add", "--size", "32"]) == 0  # the smallest size the world draws faithfully
+    assert main(base + ["--task", "add,add,color", "--size", "32"]) == 0  # a repeated task is written once
+    assert "for add, color to" in capsys.readouterr().out
+    from multiedit.training.data import load_edit_dataset
+
+    assert sorted(load_edit_dataset(str(out))["task"]) == ["add", "color"]
+
+
+@pytest.mark.parametrize("size", [world.MIN_SIZE, world.MIN_SIZE + 1, 64, 97, world.MAX_SIZE])
+def test_every_supported_size_draws_every_shape_visibly_and_distinctly(size):
+    from multiedit.datagen.shapes.world import KINDS, SIZES, TEXTURES, shape_mask, texture_pattern
+
+    for sz in SIZES:
+        for cell in range(9):
+            masks = [shape_mask(Shape(k, "red", sz, cell), size) for k in KINDS]
+            assert all((m & texture_pattern(t, size)).any() for m in masks for t in TEXTURES)
+            assert all((masks[i] != masks[j]).any() for i in range(3) for j in range(i + 1, 3))
+
+
 # ---------------------------------------------------------------------------- training data option + preset
 def test_augment_none_keeps_the_exact_pixels(tmp_path):
     import datasets

@@ -220,13 +220,25 @@ def add_filter_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-clip-image", type=float, default=None, help="Minimum CLIP image similarity (source vs edit).")
     g.add_argument("--min-clip-output", type=float, default=None,
                    help="Minimum CLIP similarity of edit and output caption.")
-    g.add_argument("--max-depth-l1", default=None, help="Maximum mean depth-map L1 on [0, 1] maps, or 'off'.")
+    g.add_argument("--max-depth-l1", type=_depth_l1, default=None,
+                   help="Maximum mean depth-map L1 on [0, 1] maps, or 'off'.")
     g.add_argument("--no-detector-check", action="store_true", help="Skip the detector check (add: object found; "
                    "remove: object gone).")
     g.add_argument("--classifier", default=None, help="A trained task classifier (or MultiEditPipeline folder): drop "
                    "records whose instruction it does not read as the intended task (off by default).")
     g.add_argument("--classifier-threshold", type=float, default=0.5, help="Minimum classifier probability of the "
                    "intended task (default 0.5).")
+
+
+def _depth_l1(value: str) -> float | str:
+    """``--max-depth-l1``: a number >= 0 or ``off`` (argparse reports the error with the usage line, exit 2)."""
+    from ..datagen.engine import parse_depth_l1
+    from ..errors import MultiEditError
+
+    try:
+        return parse_depth_l1(value)
+    except MultiEditError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--max-depth-l1 ")) from None
 
 
 def add_writer_arguments(p: argparse.ArgumentParser) -> None:
@@ -280,7 +292,8 @@ def register_pipeline(p: argparse.ArgumentParser) -> None:
     (``--backend shapes``: ShapesWorld instead, ``multiedit datagen --backend shapes --task add -n N``)."""
     from ..datagen.shapes.cli import add_shapes_arguments, run_shapes
 
-    p.add_argument("--task", default=None, help="Task name from the registry (e.g. add, remove, global, detect).")
+    p.add_argument("--task", default=None, help="Task name from the registry (e.g. add, remove, global, detect); "
+                   "--backend shapes: names separated by commas (default: every trained task).")
     p.add_argument("--tasks-file", default=None, help="A JSON/YAML file of extra task definitions to register first.")
     p.add_argument("--instructions", default=None, help="Use the instruction records of an earlier "
                    "`datagen instructions` run in this folder instead of writing new ones.")
@@ -301,7 +314,7 @@ def register_pipeline(p: argparse.ArgumentParser) -> None:
         from ..datagen.engine import run_datagen
 
         if args.backend == "shapes":
-            return run_shapes(args)
+            return run_shapes(args, p)
         if not args.task and not args.out and not args.captions and not args.instructions:
             return _no_stage(p)
         _need(args, "task", "out")

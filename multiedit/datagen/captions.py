@@ -43,8 +43,11 @@ def read_captions(
     ``source`` is one of: a text file (one caption per line); a JSONL file whose objects have a
     ``column`` field; a ``.parquet`` file or a folder of Parquet files with a ``column`` column; a
     folder written by ``datasets``' ``save_to_disk``; or a Hugging Face dataset name (``org/name``,
-    loaded with ``datasets.load_dataset(name, split=split)``).
+    loaded with ``datasets.load_dataset(name, split=split)``). A source without any caption, a ``limit``
+    below 1 and a file that is not UTF-8 text are errors.
     """
+    if limit is not None and limit < 1:
+        raise MultiEditError(f"--limit is {limit}; it must be at least 1.")
     texts = _raw_texts(source, column, split)
     out: list[Caption] = []
     seen: set[str] = set()
@@ -64,6 +67,9 @@ def read_captions(
             break
     if empty or dupes:
         logger.info("captions from %s: skipped %d empty and %d duplicate entries", source, empty, dupes)
+    if not out:
+        raise MultiEditError(f"Captions source {source} holds no captions (it is empty or every entry is blank); "
+                             "pass one with at least one caption.")
     return out
 
 
@@ -98,32 +104,40 @@ def _raw_texts(source: str | Path, column: str, split: str) -> Iterable:
     )
 
 
+def _utf8_lines(path: Path) -> Iterator[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from f
+    except UnicodeDecodeError:
+        raise MultiEditError(
+            f"Captions file {path} is not UTF-8 text; pass a UTF-8 text file (one caption per line), JSONL or Parquet."
+        ) from None
+
+
 def _text_lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield line.strip()
+    for line in _utf8_lines(path):
+        yield line.strip()
 
 
 def _jsonl_texts(path: Path, column: str) -> Iterator:
     bad = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if not isinstance(row, dict) or column not in row:
-                if lineno == 1:
-                    keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-                    raise MultiEditError(
-                        f"{path} line 1 has no `{column}` field (it has {keys}); pass --caption-column."
-                    )
-                bad += 1
-                continue
-            yield row[column]
+    for lineno, line in enumerate(_utf8_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if not isinstance(row, dict) or column not in row:
+            if lineno == 1:
+                keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+                raise MultiEditError(
+                    f"{path} line 1 has no `{column}` field (it has {keys}); pass --caption-column."
+                )
+            bad += 1
+            continue
+        yield row[column]
     if bad:
         logger.warning("%s: skipped %d malformed line(s) or line(s) without `%s`", path, bad, column)
 

@@ -37,6 +37,18 @@ from .writer import DatasetWriter
 logger = logging.getLogger(__name__)
 
 
+def parse_depth_l1(value: float | str) -> float | str:
+    """``--max-depth-l1``: ``"off"``, or a number >= 0 (a mean L1 of [0, 1] depth maps), given as a number or text."""
+    if value == "off":
+        return value
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not x >= 0:  # also NaN
+        raise MultiEditError(f"--max-depth-l1 {value!r} is not a number >= 0 or 'off'; pass e.g. 0.2, or off.")
+    return x
+
 
 @dataclass
 class DatagenConfig:
@@ -108,8 +120,10 @@ class DatagenConfig:
                 raise MultiEditError(f"--{name.replace('_', '-')} is {getattr(self, name)}; it must be at least 1.")
         if not self.p2p_cross_fractions:
             raise MultiEditError("--p2p-cross-fractions needs at least one value.")
-        if isinstance(self.max_depth_l1, str) and self.max_depth_l1 != "off":
-            self.max_depth_l1 = float(self.max_depth_l1)
+        if self.limit is not None and self.limit < 1:
+            raise MultiEditError(f"--limit is {self.limit}; it must be at least 1.")
+        if self.max_depth_l1 is not None:
+            self.max_depth_l1 = parse_depth_l1(self.max_depth_l1)
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise MultiEditError(f"--dtype {self.dtype!r}; use auto, float32, float16 or bfloat16.")
         self.num_shards, self.shard_index = resolve_shard(self.num_shards, self.shard_index)

@@ -123,14 +123,24 @@ class InstructionSummary:
 
 def resolve_shard(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
     """``(num_shards, shard_index)``, defaulting to ``WORLD_SIZE``/``RANK`` from the environment."""
+    names = ("--num-shards", "--shard-index")
     if num_shards is None and shard_index is None:
-        num_shards = int(os.environ.get("WORLD_SIZE", "1"))
-        shard_index = int(os.environ.get("RANK", "0"))
+        names = ("$WORLD_SIZE", "$RANK")
+        try:
+            num_shards = int(os.environ.get("WORLD_SIZE", "1"))
+            shard_index = int(os.environ.get("RANK", "0"))
+        except ValueError:
+            raise MultiEditError(
+                f"$WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} or $RANK={os.environ.get('RANK')!r} is not a whole "
+                "number; fix them, or pass --num-shards and --shard-index."
+            ) from None
     elif num_shards is None or shard_index is None:
         raise MultiEditError("Pass both --num-shards and --shard-index, or neither.")
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
+    if num_shards < 1:
+        raise MultiEditError(f"{names[0]} is {num_shards}; it must be at least 1.")
+    if not 0 <= shard_index < num_shards:
         raise MultiEditError(
-            f"--shard-index {shard_index} is out of range for --num-shards {num_shards}; use 0..{num_shards - 1}."
+            f"{names[1]} {shard_index} is out of range for {names[0]} {num_shards}; use 0..{num_shards - 1}."
         )
     return num_shards, shard_index
 

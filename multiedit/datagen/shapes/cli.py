@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+from .world import MAX_SIZE, MIN_SIZE, SIZE
+
 BACKENDS = ("sd", "shapes")
+# Flags of the sd backend that a user could think steer ShapesWorld: given explicitly with --backend shapes, refused.
+SD_ONLY_FLAGS = {"captions": "--captions", "llm": "--llm", "sd_model": "--sd-model"}
 
 
 def add_shapes_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,15 +24,31 @@ def add_shapes_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-n", dest="shapes_n", type=int, default=100, help="Pairs per task (default: 100).")
     group.add_argument("--split", dest="shapes_split", choices=["train", "test"], default="train",
                        help="train or test: which scenes and which (disjoint) instruction phrasings (default: train).")
-    group.add_argument("--size", dest="shapes_size", type=int, default=64, help="Image size in pixels (default: 64).")
+    group.add_argument("--size", dest="shapes_size", type=int, default=SIZE,
+                       help=f"Image size in pixels, {MIN_SIZE} to {MAX_SIZE} (default: {SIZE}).")
 
 
-def run_shapes(args: argparse.Namespace) -> int:
-    """Write ``-n`` pairs per task; ``--task`` takes names separated by commas (default: every trained task)."""
+def run_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Write ``-n`` pairs per task; ``--task`` takes names separated by commas (omitted: every trained task).
+
+    ``parser`` (the ``datagen`` parser) gives the defaults of :data:`SD_ONLY_FLAGS`: a value other than its
+    default was given by the user, and is refused, since ShapesWorld would ignore it."""
+    from ...errors import MultiEditError
     from .dataset import write_shapes_dataset
-    from .edits import TRAINED_TASKS
+    from .edits import ALL_TASK_OPS, TRAINED_TASKS
 
-    tasks = [t.strip() for t in args.task.split(",") if t.strip()] if args.task else list(TRAINED_TASKS)
+    given = [flag for dest, flag in SD_ONLY_FLAGS.items() if getattr(args, dest, None) != parser.get_default(dest)]
+    if given:
+        raise MultiEditError(f"{' and '.join(given)} {'has' if len(given) == 1 else 'have'} no effect with --backend "
+                             "shapes: the shapes backend generates its own scenes (no captions, LLM or Stable "
+                             f"Diffusion), so drop {' and '.join(given)}.")
+    if args.task is None:
+        tasks = list(TRAINED_TASKS)
+    else:
+        tasks = list(dict.fromkeys(t.strip() for t in args.task.split(",") if t.strip()))  # a repeat is written once
+        if not tasks:
+            raise MultiEditError(f"--task {args.task!r} names no task; pass one or more of {sorted(ALL_TASK_OPS)} "
+                                 "separated by commas, or omit --task for every trained task.")
     out = args.out or f"shapes-{args.shapes_split}"
     write_shapes_dataset(out, tasks, args.shapes_n, seed=args.seed, split=args.shapes_split, size=args.shapes_size,
                          progress=not getattr(args, "no_progress", False))

@@ -18,7 +18,7 @@ import PIL.Image
 from ...errors import MultiEditError
 from .edits import ALL_TASK_OPS, apply_edit, sample_edit
 from .phrasings import SPLITS, phrase
-from .world import SIZE, random_scene, render
+from .world import MAX_SIZE, MIN_SIZE, SIZE, random_scene, render
 
 log = logging.getLogger(__name__)
 SHARD_ROWS = 500
@@ -32,8 +32,8 @@ def make_example(task: str, index: int, seed: int = 0, split: str = "train", siz
     ``split`` draws the scene, the edit and (unless ``phrasing`` names the other split's templates) the
     wording; the same scene and edit come back whatever ``phrasing`` is."""
     _check_task(task)
-    if split not in SPLITS:
-        raise MultiEditError(f"split={split!r}; use one of {list(SPLITS)}.")
+    _check_split(split)
+    _check_size(size)
     rng = random.Random(f"{seed}/{split}/{task}/{index}")
     while True:  # a scene that admits no edit of this task (e.g. add on a full grid) is redrawn
         scene = random_scene(rng, size=size)
@@ -64,19 +64,22 @@ def write_shapes_dataset(out: str | Path, tasks: str | list[str], n: int, seed: 
 
     Finished shards are kept (a rerun resumes); every shard is written atomically. ``out/shapes.json``
     records the settings each task was written with, so a rerun with other settings is refused rather
-    than mixed with the old shards.
+    than mixed with the old shards. A task named twice is written once. Every argument is checked before
+    ``out`` is created.
     """
     from tqdm.auto import tqdm
 
     from ...dataset_io import write_shard
 
-    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+    tasks = list(dict.fromkeys([tasks] if isinstance(tasks, str) else tasks))
     if not tasks:
         raise MultiEditError("No task given; pass --task with one or more of " f"{sorted(ALL_TASK_OPS)}.")
     for t in tasks:  # all of them before the first shard is written
         _check_task(t)
     if n < 1:
         raise MultiEditError(f"-n {n}: ask for at least one example per task.")
+    _check_split(split)
+    _check_size(size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, tasks, n, seed, split, size)
@@ -101,6 +104,17 @@ def write_shapes_dataset(out: str | Path, tasks: str | list[str], n: int, seed: 
 def _check_task(task: str) -> None:
     if task not in ALL_TASK_OPS:
         raise MultiEditError(f"ShapesWorld has no task {task!r}; choose from {sorted(ALL_TASK_OPS)}.")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise MultiEditError(f"split={split!r}; use one of {list(SPLITS)}.")
+
+
+def _check_size(size: int) -> None:
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise MultiEditError(f"--size {size}: ShapesWorld draws every shape faithfully from {MIN_SIZE} to {MAX_SIZE} "
+                             f"pixels a side; pass a size in that range (default {SIZE}).")
 
 
 def _check_settings(out: Path, tasks: list[str], n: int, seed: int, split: str, size: int) -> None:

@@ -4,8 +4,8 @@ A scene is a background colour plus up to four shapes, each in its own cell of a
 is pure integer geometry on pixel centres (no anti-aliasing), so every pixel belongs to exactly one
 shape or to the background and masks are exact.
 
-Images are ``(H, W, 3) uint8`` arrays (``H = W = size``, default 64); label maps are ``(H, W) int16``
-holding the index of the shape drawn at each pixel (``-1`` = background).
+Images are ``(H, W, 3) uint8`` arrays (``H = W = size``, default 64, ``MIN_SIZE..MAX_SIZE``); label maps
+are ``(H, W) int16`` holding the index of the shape drawn at each pixel (``-1`` = background).
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 SIZE = 64
+# Shapes scale with the image but textures stay 2 px: from 32 px up every shape of every kind, size, cell and
+# texture shows its colour and the three kinds differ; below it some do not (size 16: a small striped shape is
+# all white; 31: two kinds draw the same pixels; under 8: shapes with no pixel). MAX_SIZE bounds the memory.
+MIN_SIZE, MAX_SIZE = 32, 1024
 GRID = 3
 
 # Shape colours (sRGB uint8) and background colours (light, so every shape stands out).
