@@ -19,7 +19,8 @@ from typing import Any
 import PIL.Image
 
 from ..errors import MultiEditError
-from .checks import brief, looks_like_path
+from ..io_utils import looks_local
+from .checks import brief
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def identity(name: str, model) -> dict:
 
 def _load(what: str, flag: str, name: str, loader):
     local = Path(str(name)).expanduser().exists()
-    if not local and looks_like_path(name):
+    if not local and looks_local(name):
         raise MultiEditError(f"{flag} {name} is not a local folder; check the path, or pass a Hugging Face model name.")
     try:
         return loader()

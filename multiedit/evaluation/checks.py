@@ -14,12 +14,6 @@ def brief(exc: BaseException, limit: int = 200) -> str:
     return f"{type(exc).__name__}: {text.rstrip('.')}" if text else type(exc).__name__
 
 
-def looks_like_path(value) -> bool:
-    """A value that can only be a local path, never a hub id: it starts with /, ./, ../ or ~, or ends with /."""
-    text = str(value)
-    return text.startswith(("/", "./", "../", "~")) or text.endswith("/")
-
-
 def check_eval_args(batch_size: int, examples: int, limit: int | None) -> None:
     """The scoring options; the generation options are checked by ``editing.check_edit_settings``."""
     if batch_size < 1:

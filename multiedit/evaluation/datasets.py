@@ -33,7 +33,8 @@ from pathlib import Path
 import PIL.Image
 
 from ..errors import MultiEditError
-from .checks import brief, looks_like_path
+from ..io_utils import looks_local
+from .checks import brief
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def open_split(source: str, split: str | None, default_split: str):
             return dd[name], name, sizes
         if path.exists():
             raise MultiEditError(f"Dataset {source} is not a folder; pass a dataset folder or a Hugging Face dataset name.")
-        if looks_like_path(source):  # a mistyped path: fail now, not after a round of hub retries
+        if looks_local(source):  # a mistyped path: fail now, not after a round of hub retries
             raise MultiEditError(f"--data {source} is not a local folder; check the path, or pass a Hugging Face "
                                  "dataset name such as osunlp/MagicBrush.")
     except MultiEditError:
