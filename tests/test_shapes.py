@@ -242,6 +242,7 @@ def test_bad_shapes_flags_are_refused_before_anything_is_written(tmp_path, capsy
         (["--task", "add", "--captions", "caps.txt"], "--captions has no effect"),
         (["--task", "add", "--llm", "template"], "--llm has no effect"),
         (["--task", "add", "--sd-model", "some/model"], "--sd-model has no effect"),
+        (["--task", "add", "--steps", "5", "--instructions", "x"], "--instructions and --steps have no effect"),
     ]
     for extra, message in cases:
         assert main(base + extra) == 2, extra

@@ -12,8 +12,9 @@ import argparse
 from .world import MAX_SIZE, MIN_SIZE, SIZE
 
 BACKENDS = ("sd", "shapes")
-# Flags of the sd backend that a user could think steer ShapesWorld: given explicitly with --backend shapes, refused.
-SD_ONLY_FLAGS = {"captions": "--captions", "llm": "--llm", "sd_model": "--sd-model"}
+# The datagen options that steer ShapesWorld; every other one belongs to the sd backend and, given with --backend
+# shapes (a value other than its default), is refused instead of silently ignored.
+SHAPES_DESTS = {"task", "seed", "out", "no_progress", "backend", "shapes_n", "shapes_split", "shapes_size"}
 
 
 def add_shapes_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +32,13 @@ def add_shapes_arguments(parser: argparse.ArgumentParser) -> None:
 def run_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Write ``-n`` pairs per task; ``--task`` takes names separated by commas (omitted: every trained task).
 
-    ``parser`` (the ``datagen`` parser) gives the defaults of :data:`SD_ONLY_FLAGS`: a value other than its
+    ``parser`` (the ``datagen`` parser) gives the defaults of the sd backend's flags: a value other than its
     default was given by the user, and is refused, since ShapesWorld would ignore it."""
     from ...errors import MultiEditError
     from .dataset import write_shapes_dataset
     from .edits import ALL_TASK_OPS, TRAINED_TASKS
 
-    given = [flag for dest, flag in SD_ONLY_FLAGS.items() if getattr(args, dest, None) != parser.get_default(dest)]
+    given = [flag for flag, dest in sd_backend_flags(parser) if getattr(args, dest, None) != parser.get_default(dest)]
     if given:
         raise MultiEditError(f"{' and '.join(given)} {'has' if len(given) == 1 else 'have'} no effect with --backend "
                              "shapes: the shapes backend generates its own scenes (no captions, LLM or Stable "
@@ -54,3 +55,9 @@ def run_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                          progress=not getattr(args, "no_progress", False))
     print(f"wrote {args.shapes_n} {args.shapes_split} pair(s) per task for {', '.join(tasks)} to {out}")
     return 0
+
+
+def sd_backend_flags(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """``(flag, dest)`` of each ``datagen`` option that only the sd backend reads (not in :data:`SHAPES_DESTS`)."""
+    return [(action.option_strings[-1], action.dest) for action in parser._actions
+            if action.option_strings and action.dest not in SHAPES_DESTS and action.dest != "help"]
