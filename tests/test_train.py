@@ -253,14 +253,39 @@ def test_resume_keeps_the_trained_task_tokens(zoo, data, tmp_path):
         assert torch.allclose(v, unet_weights(tmp_path / "b")[k], atol=1e-6, rtol=0), k
 
 
+def test_resume_reads_a_checkpoint_of_the_earlier_pickle_layout(zoo, data, tmp_path):
+    # Checkpoints written before training_state.safetensors kept the step, EMA and tokens as accelerate custom
+    # states (custom_checkpoint_<i>.pkl); a run resumed from one must continue exactly.
+    common = dict(model=token_pipeline(zoo, tmp_path / "base"), max_steps=4, checkpointing_steps=10,
+                  cache_latents=True, use_ema=True, ema_decay=0.9)
+    train(cfg(zoo, data, tmp_path / "a", **common))
+    train(cfg(zoo, data, tmp_path / "b", stop_after_steps=2, **common))
+    ckpt = tmp_path / "b" / "checkpoints" / "checkpoint-0000002"
+    meta = json.loads((ckpt / "training_state.json").read_text())
+    extra = load_file(str(ckpt / "training_state.safetensors"))
+    shadow = [extra[f"ema.shadow_params.{i}"] for i in range(sum(k.startswith("ema.") for k in extra))]
+    torch.save(meta["train_state"], ckpt / "custom_checkpoint_0.pkl")
+    torch.save({**meta["ema"], "shadow_params": shadow}, ckpt / "custom_checkpoint_1.pkl")
+    torch.save({"embedding.weight": extra["task_tokens.embedding.weight"]}, ckpt / "custom_checkpoint_2.pkl")
+    (ckpt / "training_state.json").unlink()
+    (ckpt / "training_state.safetensors").unlink()
+    train(cfg(zoo, data, tmp_path / "b", resume="latest", **common))
+    assert torch.allclose(token_weights(tmp_path / "a"), token_weights(tmp_path / "b"), atol=1e-6, rtol=0)
+    for k, v in unet_weights(tmp_path / "a").items():
+        assert torch.allclose(v, unet_weights(tmp_path / "b")[k], atol=1e-6, rtol=0), k
+    with pytest.raises(MultiEditError, match="saved with --use-ema, and this run is without"):
+        train(cfg(zoo, data, tmp_path / "b", resume="latest", **{**common, "use_ema": False, "max_steps": 5}))
+
+
 def test_ema_run_exports_the_task_tokens_ema_weights(zoo, data, tmp_path):
     out = tmp_path / "e"
     train(cfg(zoo, data, out, model=token_pipeline(zoo, tmp_path / "base"), max_steps=4, checkpointing_steps=4,
               use_ema=True, ema_decay=0.9))
     ckpt = out / "checkpoints" / "checkpoint-0000004"
-    # accelerate numbers the registered objects: 0 the train state, 1 the EMA, 2 the task tokens (live weights)
-    shadow = torch.load(ckpt / "custom_checkpoint_1.pkl", weights_only=True)["shadow_params"]
-    live = torch.load(ckpt / "custom_checkpoint_2.pkl", weights_only=True)["embedding.weight"]
+    extra = load_file(str(ckpt / "training_state.safetensors"))  # the EMA and the task tokens (live weights)
+    shadow = [extra[f"ema.shadow_params.{i}"] for i in range(2)]
+    live = extra["task_tokens.embedding.weight"]
+    assert not list(ckpt.glob("custom_checkpoint*"))  # no weights in a pickle
     exported = token_weights(out)
     # the EMA's parameter order starts with the task group: the task table, then the tokens
     assert torch.equal(unet_weights(out)["class_embedding.weight"], shadow[0])

@@ -25,7 +25,8 @@ from .config import TrainConfig
 from .data import build_dataset, collate
 from .encoding import Encoder, LatentCache
 from .objective import diffusion_loss, timestep_bias_weights
-from .state import TrainState, checkpoint_dirs, find_checkpoint, prune_checkpoints
+from .state import (TrainState, accelerate_view, checkpoint_dirs, find_checkpoint, load_extra_state, prune_checkpoints,
+                    save_extra_state)
 from .trainable import apply_trainable, export_trained
 from .validation import save_validation
 
@@ -131,21 +132,21 @@ def train(cfg: TrainConfig) -> Path:
         num_training_steps=cfg.max_steps * accelerator.num_processes,
     )
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    state = TrainState()
-    accelerator.register_for_checkpointing(state)
+    state = TrainState()  # with the EMA and the task tokens (trained outside prepare): save_extra_state
     if ema is not None:
         ema.to(device)
-        accelerator.register_for_checkpointing(ema)
     task_tokens = pipe.task_tokens.to(device) if pipe.task_tokens is not None else None
-    if task_tokens is not None:  # trained beside the UNet but outside accelerate's prepare: checkpoint them too
-        accelerator.register_for_checkpointing(task_tokens)
     residual = bool(pipe.config.get("residual", False))
     position_channels = pipe.config.get("position_channels", 0)
 
     # 4. Resume
     if cfg.resume:
         ckpt = find_checkpoint(out, cfg.resume)
-        accelerator.load_state(str(ckpt))
+        with accelerate_view(ckpt) as view:
+            accelerator.load_state(str(view))
+        load_extra_state(ckpt, state, ema, task_tokens)
+        if ema is not None:
+            ema.to(device)
         log.info("resumed from %s at step %d", ckpt, state.step)
     batches_per_epoch = len(loader)
     # accelerate also steps at the end of each epoch's dataloader, so a partial accumulation counts as a step
@@ -212,7 +213,7 @@ def train(cfg: TrainConfig) -> Path:
             if state.step % cfg.log_every == 0 or state.step == 1:
                 accelerator.log({"loss": state.last_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=state.step)
             if state.step % cfg.checkpointing_steps == 0 or state.step == stop_at:
-                save_checkpoint(accelerator, out, state.step, cfg.checkpoints_total_limit)
+                save_checkpoint(accelerator, out, state, cfg.checkpoints_total_limit, ema, task_tokens)
             if cfg.validation_steps and state.step % cfg.validation_steps == 0 and accelerator.is_main_process:
                 save_validation(pipe, accelerator.unwrap_model(unet), ema, params, dataset, cfg, out, state.step, accelerator)
             if state.step >= stop_at:
@@ -234,15 +235,18 @@ def train(cfg: TrainConfig) -> Path:
     return out
 
 
-def save_checkpoint(accelerator, out: Path, step: int, limit: int | None) -> None:
-    """``accelerator.save_state`` into a temporary folder, renamed into place once complete."""
+def save_checkpoint(accelerator, out: Path, state: TrainState, limit: int | None, ema=None, task_tokens=None) -> None:
+    """``accelerator.save_state`` plus :func:`save_extra_state` into a temporary folder, renamed into place once
+    complete."""
     accelerator.wait_for_everyone()
-    final = out / "checkpoints" / f"checkpoint-{step:07d}"
+    final = out / "checkpoints" / f"checkpoint-{state.step:07d}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        save_extra_state(tmp, state, ema, task_tokens)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)

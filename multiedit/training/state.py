@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import shutil
+import tempfile
 from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import MultiEditError
 
+log = logging.getLogger(__name__)
+
+#: Beside accelerate's files in a checkpoint: the step counter and EMA settings (JSON), and the weights that
+#: train outside ``accelerator.prepare`` (EMA shadow parameters, task tokens) as safetensors, never pickle.
+EXTRA_STATE_NAME = "training_state.json"
+EXTRA_WEIGHTS_NAME = "training_state.safetensors"
+
 
 class TrainState:
-    """Saved with ``accelerator.save_state``: the optimisation step (which fixes epoch and data position)."""
+    """The optimisation step (which fixes epoch and data position), saved in every checkpoint."""
 
     def __init__(self):
         self.step = 0
@@ -49,3 +63,65 @@ def prune_checkpoints(out: Path, limit: int | None) -> None:
         return
     for old in checkpoint_dirs(out)[:-limit]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def accelerate_view(ckpt: Path):
+    """``ckpt`` as ``accelerator.load_state`` should see it: without the custom-state pickles of the earlier layout
+    (read by :func:`load_extra_state` instead, with ``weights_only=True``; accelerate would unpickle them fully
+    and insists on one per registered object)."""
+    legacy = set(Path(ckpt).glob("custom_checkpoint_*.pkl"))
+    if not legacy:
+        yield Path(ckpt)
+        return
+    with tempfile.TemporaryDirectory(prefix=".resume-", dir=Path(ckpt).parent) as tmp:
+        for f in Path(ckpt).iterdir():
+            if f not in legacy:
+                (Path(tmp) / f.name).symlink_to(f.resolve())
+        yield Path(tmp)
+
+
+def save_extra_state(folder: Path, state: TrainState, ema=None, task_tokens=None) -> None:
+    """Write ``state``, the EMA (diffusers ``EMAModel``) and the task tokens into checkpoint ``folder``."""
+    tensors, meta = {}, {"train_state": state.state_dict()}
+    if ema is not None:
+        ema_state = ema.state_dict()
+        for i, t in enumerate(ema_state.pop("shadow_params")):
+            tensors[f"ema.shadow_params.{i}"] = t.detach().cpu().contiguous()
+        meta["ema"] = ema_state
+    if task_tokens is not None:
+        for name, t in task_tokens.state_dict().items():
+            tensors[f"task_tokens.{name}"] = t.detach().cpu().contiguous()
+    save_file(tensors, str(Path(folder) / EXTRA_WEIGHTS_NAME))
+    (Path(folder) / EXTRA_STATE_NAME).write_text(json.dumps(meta, indent=2))
+
+
+def load_extra_state(folder: Path, state: TrainState, ema=None, task_tokens=None) -> None:
+    """Restore what :func:`save_extra_state` wrote; a checkpoint of an earlier version kept the same objects as
+    accelerate custom states (``custom_checkpoint_<i>.pkl``, in the order state, EMA, tokens), read here with
+    ``weights_only=True``."""
+    folder = Path(folder)
+    if not (folder / EXTRA_STATE_NAME).is_file():
+        objects = [obj for obj in (state, ema, task_tokens) if obj is not None]
+        for i, obj in enumerate(objects):
+            path = folder / f"custom_checkpoint_{i}.pkl"
+            if not path.is_file():
+                raise MultiEditError(f"Checkpoint {folder} has neither {EXTRA_STATE_NAME} nor {path.name}; it is "
+                                     "incomplete or from other settings (--use-ema, task tokens): resume from another.")
+            obj.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return
+    meta = json.loads((folder / EXTRA_STATE_NAME).read_text())
+    tensors = load_file(str(folder / EXTRA_WEIGHTS_NAME))
+    state.load_state_dict(meta["train_state"])
+    for name, obj in (("ema", ema), ("task_tokens", task_tokens)):
+        saved = name in meta if name == "ema" else any(k.startswith("task_tokens.") for k in tensors)
+        if saved != (obj is not None):
+            flag = "--use-ema" if name == "ema" else "task tokens"
+            raise MultiEditError(f"Checkpoint {folder} was saved {'with' if saved else 'without'} {flag}, and this "
+                                 f"run is {'without' if saved else 'with'}; resume with the same settings.")
+    if ema is not None:
+        n = sum(k.startswith("ema.shadow_params.") for k in tensors)
+        ema.load_state_dict({**meta["ema"], "shadow_params": [tensors[f"ema.shadow_params.{i}"] for i in range(n)]})
+    if task_tokens is not None:
+        prefix = "task_tokens."
+        task_tokens.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
