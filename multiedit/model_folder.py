@@ -49,12 +49,24 @@ def check_pipeline_folder(path: str | Path) -> dict:
             raise MultiEditError(f"{path} lists component(s) {absent} in model_index.json but has no "
                                  f"{', '.join(a + '/' for a in absent)} folder; the copy is incomplete: copy or "
                                  "save the whole pipeline folder again.")
+        weightless = [name for name, spec in index.items() if not name.startswith("_") and isinstance(spec, list)
+                      and (path / name / "config.json").is_file() and not _has_weights(path / name)]
+        if weightless:
+            raise MultiEditError(f"{path}/{weightless[0]}/ has a config.json but no weights file (*.safetensors or "
+                                 "*.bin); the copy is incomplete: copy or save the whole pipeline folder again.")
+    if "task_names" in index and index.get("_class_name") != "MultiEditPipeline":
+        raise MultiEditError(f"{path}/model_index.json has task_names, as a MultiEditPipeline folder does, but "
+                             f"_class_name {index.get('_class_name')!r}; set _class_name back to MultiEditPipeline.")
     if index.get("_class_name") == "MultiEditPipeline":
         names = index.get("task_names")
         if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
             raise MultiEditError(f"{path}/model_index.json has task_names {names!r}; a MultiEditPipeline folder "
                                  "needs the list of its task names (as save_pretrained writes it).")
     return index
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.index.json"))
 
 
 def load_components(path: str | Path, **kwargs) -> dict:

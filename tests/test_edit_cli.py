@@ -111,6 +111,10 @@ def _bad_inputs(tmp_path, image_file, model):
                                    *base], ["must hold a JSON object"]),
         "no task names": (["--model", _broken_copy(model, tmp_path, "task_names"), "--image", str(image_file), *base],
                           ["task_names None"]),
+        "no unet weights": (["--model", _broken_copy(model, tmp_path, "weights"), "--image", str(image_file), *base],
+                            ["unet/ has a config.json but no weights file"]),
+        "class name changed": (["--model", _broken_copy(model, tmp_path, "_class_name"), "--image", str(image_file),
+                                *base], ["has task_names", "_class_name 'StableDiffusionPipeline'"]),
         "huge seed": ([*_ok(model, image_file), "--seed", str(2**70)], ["--seed", "out of range"]),
         "zero resolution": ([*_ok(model, image_file), "--resolution", "0"], ["--resolution 0"]),
         "nan guidance": ([*_ok(model, image_file), "--guidance-scale", "nan"], ["--guidance-scale nan", "finite"]),
@@ -133,8 +137,13 @@ def _broken_copy(model, tmp_path, how):
     index = json.loads((dst / "model_index.json").read_text())
     if how == "unet":
         shutil.rmtree(dst / "unet")
+    elif how == "weights":
+        for f in (dst / "unet").glob("*.safetensors"):
+            f.unlink()
     elif how == "index-list":
         index = list(index)
+    elif how == "_class_name":
+        index[how] = "StableDiffusionPipeline"
     else:
         del index[how]
     (dst / "model_index.json").write_text(json.dumps(index))
@@ -144,7 +153,8 @@ def _broken_copy(model, tmp_path, how):
 @pytest.mark.parametrize("case", ["missing file", "not an image", "truncated", "empty instruction", "unknown task",
                                   "not a pipeline", "missing model", "model is a file", "incomplete model",
                                   "model index is a list", "no task names", "huge seed", "zero resolution",
-                                  "nan guidance", "inf alpha", "tasks per turn"])
+                                  "nan guidance", "inf alpha", "tasks per turn", "no unet weights",
+                                  "class name changed"])
 def test_bad_inputs_fail_cleanly_and_write_nothing(case, model, image_file, tmp_path, capsys):
     args, needles = _bad_inputs(tmp_path, image_file, model)[case]
     out = tmp_path / "result.png"

@@ -74,6 +74,9 @@ def _quiet_libraries(verbose: bool) -> None:
 
     if verbose:
         return
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notices about their configs
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read at import: the torchvision fallback notice
