@@ -100,11 +100,9 @@ def check_output_path(path: str | Path, flag: str = "--out", kind: str = "file")
 
 def looks_local(source: str | Path) -> bool:
     """True when ``source`` can only mean a local path, never a Hugging Face hub id ("name" or "org/name"):
-    it exists, starts with ``.``, ``/`` or ``~``, ends with a slash, has more than one slash, or its folder
-    exists here (``runs/mydata`` next to a ``runs`` folder). A missing local path then fails at once, without
-    a round of hub retries."""
+    it exists, starts with ``.``, ``/`` or ``~``, ends with a slash, or has more than one slash. A missing local
+    path then fails at once, without a round of hub retries."""
     text = str(source)
     if Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.endswith(("/", os.sep)):
         return True
-    parent = Path(text).parent
-    return text.count("/") > 1 or (str(parent) != "." and parent.is_dir())
+    return text.count("/") > 1

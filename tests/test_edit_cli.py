@@ -197,6 +197,20 @@ def test_an_unforeseen_os_error_is_one_sentence_with_the_path(model, image_file,
     assert_clean_failure(code, err, "Permission denied: /data/locked/unet", "check that the path")
 
 
+def test_a_network_error_is_not_called_a_path_problem(model, image_file, tmp_path, capsys, monkeypatch):
+    import requests
+
+    import multiedit.editing as editing
+
+    def offline(*a, **k):
+        raise requests.exceptions.ConnectionError("Max retries exceeded with url: /api/models/org/name")
+
+    monkeypatch.setattr(editing, "load_pipeline", offline)
+    code, _, err = edit(capsys, "--model", model, "--image", str(image_file), "--instruction", "x", "--task", "add",
+                        "--out", str(tmp_path / "o.png"))
+    assert_clean_failure(code, err, "could not reach a server", "ConnectionError", "pass local folders")
+
+
 def test_one_task_per_turn(model, image_file, tmp_path, capsys, monkeypatch):
     from multiedit.pipeline import MultiEditPipeline
 

@@ -364,6 +364,16 @@ def test_backbone_folder_of_another_model_type_is_refused(zoo, emu_dir, emu_pred
     assert_clean_failure(code, err, f"{flag} {zoo(part)}", *needles)
 
 
+@pytest.mark.parametrize("flags, needle", [(["--seed", str(2**70)], "--seed"),
+                                           (["--guidance-scale", "nan"], "--guidance-scale nan")])
+def test_bad_generation_flags_fail_before_any_model_loads(zoo, ours_dir, backbones, tmp_path, capsys, flags, needle):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "--data", str(ours_dir), "--model", str(zoo("pipeline")), "--out", str(out),
+                       *backbones, *flags)
+    assert_clean_failure(code, err, needle)
+    assert not out.exists()
+
+
 def test_rerun_with_other_generation_settings_is_refused(zoo, ours_dir, backbones, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--data", str(ours_dir), "--model", str(zoo("pipeline")), "--out", str(out), *backbones]
@@ -388,6 +398,23 @@ def test_rerun_with_other_generation_settings_is_refused(zoo, ours_dir, backbone
     (out / "predictions" / "settings.json").unlink()
     code, _, err = run(capsys, *args, "--steps", "1")
     assert_clean_failure(code, err, "no settings.json", "new --out")
+
+
+def test_rerun_after_the_model_was_retrained_in_place_is_refused(zoo, ours_dir, backbones, tmp_path, capsys):
+    import os
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(zoo("pipeline"), model)
+    args = ["--data", str(ours_dir), "--model", str(model), "--out", str(tmp_path / "run"), "--steps", "1",
+            "--limit", "1", *backbones]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    weights = next((model / "unet").glob("*.safetensors"))
+    later = weights.stat().st_mtime + 60
+    os.utime(weights, (later, later))  # as a retraining into the same folder would
+    code, _, err = run(capsys, *args)
+    assert_clean_failure(code, err, "--model weights dated")
 
 
 def test_predictions_folder_with_nothing_readable_is_refused(emu_dir, backbones, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """`multiedit invert-task`: frozen backbone, small portable file, learning, bad inputs."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -106,6 +107,10 @@ def test_several_learned_tasks_load_at_once_and_edit_cli_uses_them(zoo, learned,
     assert fresh.task_names[-2:] == ["mirror", "mirror2"]
     with pytest.raises(MultiEditError, match="'mirror' in .* is already loaded into this model"):
         load_task_embedding(fresh, out)
+    cfg["name"] = "add"  # a learned vector under the name of one of the model's own tasks
+    (tmp_path / "copy" / "task_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MultiEditError, match="'add' in .* has the name of one of this model's own tasks"):
+        load_task_embedding(fresh, tmp_path / "copy")
     img = tmp_path / "in.png"
     random_image(32, 32).save(img)
     code = main(["edit", "--model", str(zoo("pipeline")), "--image", str(img), "--instruction", "mirror it",
@@ -191,8 +196,8 @@ def test_out_is_never_someone_elses_folder(zoo, learned, tmp_path, capsys, monke
     data = tmp_path / "my_data"
     data.mkdir()
     (data / "train-00000.parquet").write_bytes(b"precious")
-    base = ["invert-task", "--model", model, "--examples", str(examples), "--name", "mirror", "--steps", "30",
-            "--lr", "0.05"]
+    base = ["invert-task", "--model", model, "--examples", str(examples), "--name", "mirror", "--batch-size", "2",
+            "--steps", "30", "--lr", "0.05"]
     one_line_error(capsys, base + ["--out", str(data)], "is not a task folder of invert-task")
     assert (data / "train-00000.parquet").read_bytes() == b"precious"
     image = tmp_path / "in.png"
@@ -202,11 +207,13 @@ def test_out_is_never_someone_elses_folder(zoo, learned, tmp_path, capsys, monke
     before = (out / "task_embedding.safetensors").read_bytes()
     one_line_error(capsys, base[:-4] + ["--steps", "31", "--lr", "0.05", "--out", str(out)],
                    "already holds a task learned with steps 30 (now 31)")
-    # The same settings again: the finished folder is the answer, nothing is relearned.
+    one_line_error(capsys, base + ["--seed", "1", "--out", str(out)], "seed 0 (now 1)")  # any setting counts
+    # The same settings again (the examples' path spelled another way): the finished folder is the answer.
     import multiedit.inversion.invert as inv
 
     monkeypatch.setattr(inv.torch.optim, "Adam", lambda *a, **k: pytest.fail("relearned a finished task"))
-    assert main(base + ["--out", str(out)]) == 0
+    relative = os.path.relpath(examples)
+    assert main([relative if a == str(examples) else a for a in base] + ["--out", str(out)]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert (out / "task_embedding.safetensors").read_bytes() == before
 

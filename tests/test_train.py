@@ -269,6 +269,8 @@ def test_resume_reads_a_checkpoint_of_the_earlier_pickle_layout(zoo, data, tmp_p
     torch.save({"embedding.weight": extra["task_tokens.embedding.weight"]}, ckpt / "custom_checkpoint_2.pkl")
     (ckpt / "training_state.json").unlink()
     (ckpt / "training_state.safetensors").unlink()
+    with pytest.raises(MultiEditError, match="holds 3 saved training object.s. and this run has 2"):
+        train(cfg(zoo, data, tmp_path / "b", resume="latest", **{**common, "use_ema": False}))
     train(cfg(zoo, data, tmp_path / "b", resume="latest", **common))
     assert torch.allclose(token_weights(tmp_path / "a"), token_weights(tmp_path / "b"), atol=1e-6, rtol=0)
     for k, v in unet_weights(tmp_path / "a").items():

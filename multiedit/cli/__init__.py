@@ -51,12 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     except MultiEditError as exc:
         print(f"multiedit {args.verb}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a path the checks could not foresee (permissions, a full disk, /proc)
+    except OSError as exc:  # a path the checks could not foresee (permissions, a full disk, /proc), or the network
+        if type(exc).__module__.split(".")[0] in NETWORK_MODULES:
+            print(f"multiedit {args.verb}: error: could not reach a server ({type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); pass local folders for models and data, "
+                  "or check the connection (and HF_HUB_OFFLINE).", file=sys.stderr)
+            return 1
         print(f"multiedit {args.verb}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"multiedit {args.verb}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
         return 130
+
+
+#: Libraries whose OSError subclasses are network failures (requests' ConnectionError, HfHubHTTPError, ...).
+NETWORK_MODULES = {"requests", "urllib3", "huggingface_hub", "httpx", "httpcore", "aiohttp"}
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -22,5 +22,5 @@ def run(args) -> int:
 
     out = invert_task(config_from_args(args, InvertConfig))
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"wrote {out} ({size / 1024:.1f} KiB)")
+    print(f"task folder {out} ({size / 1024:.1f} KiB)")
     return 0

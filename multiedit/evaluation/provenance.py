@@ -19,7 +19,7 @@ from .scoring import IMAGE_EXTS
 RECORD = "settings.json"
 FLAGS = {  # recorded key -> the eval flag that sets it
     "model": "--model", "task_embeddings": "--task-embedding", "data": "--data", "layout": "--layout",
-    "split": "--split", "task": "--task", "steps": "--steps", "seed": "--seed", "guidance_scale": "--guidance-scale",
+    "model_weights_modified": "--model weights dated", "split": "--split", "task": "--task", "steps": "--steps", "seed": "--seed", "guidance_scale": "--guidance-scale",
     "image_guidance_scale": "--image-guidance-scale", "resolution": "--resolution", "alpha": "--alpha",
 }
 
@@ -29,11 +29,21 @@ def _where(value) -> str:
     return str(path.resolve()) if path.exists() else str(value)
 
 
+def _weights_stamp(model) -> str | None:
+    """When a local model folder's weights last changed: a model retrained into the same folder is another model."""
+    path = Path(str(model)).expanduser() if model is not None else None
+    if path is None or not path.is_dir():
+        return None
+    times = [f.stat().st_mtime_ns for f in path.rglob("*") if f.suffix in (".safetensors", ".bin") and f.is_file()]
+    return str(max(times)) if times else None
+
+
 def generation_settings(evalset, model, task_embeddings, task: str, steps: int, seed: int, guidance_scale: float,
                         image_guidance_scale: float, resolution: int | None, alpha: float) -> dict:
     """Everything that decides an edit's pixels (paths resolved, so ``zoo/m`` and ``./zoo/m/`` are the same)."""
     return {
         "model": _where(model) if model is not None else "(in-memory pipeline)",
+        "model_weights_modified": _weights_stamp(model),
         "task_embeddings": sorted(_where(p) for p in task_embeddings),
         "data": _where(evalset.source), "layout": evalset.layout.name, "split": evalset.split, "task": task,
         "steps": int(steps), "seed": int(seed), "guidance_scale": float(guidance_scale),
@@ -47,6 +57,10 @@ def _has_edits(pred_dir: Path) -> bool:
 
 
 def _show(key: str, value) -> str:
+    if key == "model_weights_modified" and value is not None:
+        from datetime import datetime, timezone
+
+        value = datetime.fromtimestamp(int(value) / 1e9, timezone.utc).isoformat(timespec="seconds")
     if isinstance(value, list):
         value = " ".join(value) if value else "(none)"
     return f"{FLAGS[key]} {'(not set)' if value is None else value}"

@@ -23,7 +23,7 @@ from pathlib import Path
 import PIL.Image
 
 from ..errors import MultiEditError
-from ..io_utils import atomic_file
+from ..io_utils import atomic_file, check_output_path
 from .backbones import DEFAULT_CLIP, DEFAULT_DINO, ClipBackbone, DinoBackbone, resolve_device
 from .checks import check_eval_args, check_predictions_present, require_scored
 from .datasets import EvalSample, EvalSet, SampleProblem, load_eval_set
@@ -196,11 +196,16 @@ def evaluate(
 
     if model is not None and predictions is not None:
         raise MultiEditError("Pass either --model (edit now) or --predictions (score existing outputs), not both.")
-    if steps < 1:
+    if model is not None or pipe is not None:
+        from ..editing import check_edit_settings
+
+        check_edit_settings(steps, guidance_scale, image_guidance_scale, seed, resolution, alpha)
+    elif steps < 1:
         raise MultiEditError(f"--steps must be at least 1, got {steps}.")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MultiEditError(f"--out {out} is a file; pass a folder for the report.")
+    check_output_path(out, "--out", "folder")
     if predictions is not None and not Path(predictions).is_dir():
         raise MultiEditError(f"--predictions {predictions} is not a folder; pass the folder holding <id>.png files.")
     check_eval_args(batch_size, examples, limit)

@@ -98,8 +98,7 @@ def invert_task(cfg: InvertConfig) -> Path:
 
     out = Path(cfg.out)
     if _already_done(out, cfg):
-        print(f"{out} already holds task {cfg.name!r} learned from these examples with these steps, lr and init; "
-              "nothing to do.")
+        print(f"{out} already holds task {cfg.name!r} learned with these settings; nothing to do.")
         return out
     pipe = load_pipeline(cfg.model)
     table = task_table(pipe.unet)  # a model without a task table fails here
@@ -165,7 +164,7 @@ def invert_task(cfg: InvertConfig) -> Path:
             _save_checkpoint(ckpt, cfg, step, params, optimizer)
     bar.close()
     save_task_embedding(pipe, cfg.name, out, steps=cfg.steps, lr=cfg.lr, init=cfg.init, num_examples=n,
-                        examples=str(cfg.examples))
+                        examples=str(cfg.examples), settings=run_settings(cfg))
     if ckpt.exists():
         import shutil
 
@@ -173,9 +172,20 @@ def invert_task(cfg: InvertConfig) -> Path:
     return out
 
 
+def run_settings(cfg: InvertConfig) -> dict:
+    """What decides the learned vector: every option but ``out`` and ``checkpoint_steps``, local paths resolved
+    (``ex``, ``./ex/`` and its absolute path are the same examples)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "checkpoint_steps")}
+    for key in ("model", "examples"):
+        path = Path(str(settings[key])).expanduser()
+        settings[key] = str(path.resolve()) if path.exists() else str(settings[key])
+    return settings
+
+
 def _already_done(out: Path, cfg: InvertConfig) -> bool:
-    """True when ``out`` is this run's finished task folder. Anything else already at ``out`` is refused: the
-    folder is replaced when the run ends, and it must not be a user's data or another run's result."""
+    """True when ``out`` is this run's finished task folder (the same settings). Anything else already at
+    ``out`` is refused: the folder is replaced when the run ends, and it must not be a user's data or another
+    run's result."""
     from ..io_utils import check_output_path
     from .task_file import CONFIG_NAME
 
@@ -187,11 +197,12 @@ def _already_done(out: Path, cfg: InvertConfig) -> bool:
     except (OSError, ValueError):
         raise MultiEditError(f"--out {out} already exists and is not a task folder of invert-task; choose a new "
                              "folder (invert-task replaces its --out).") from None
-    settings = {"name": cfg.name, "steps": cfg.steps, "lr": cfg.lr, "init": cfg.init, "examples": str(cfg.examples)}
-    differ = [f"{k} {done.get(k)!r} (now {v!r})" for k, v in settings.items() if done.get(k) != v]
+    was, now = done.get("settings") or {}, run_settings(cfg)
+    differ = [f"{k} {was.get(k)!r} (now {v!r})" for k, v in now.items() if was.get(k) != v]
     if differ:
-        raise MultiEditError(f"--out {out} already holds a task learned with {', '.join(differ)}; choose another "
-                             "--out, or delete that folder to learn it again.")
+        raise MultiEditError(f"--out {out} already holds a task learned with {', '.join(differ[:3])}"
+                             f"{' and more' if len(differ) > 3 else ''}; choose another --out, or delete that folder "
+                             "to learn it again.")
     return True
 
 

@@ -129,7 +129,8 @@ def load_task_embedding(pipe, path: str | Path, strict: bool = True) -> str:
             "a task vector only fits the backbone it was learned on (pass strict=False to load it anyway)."
         )
     if name in pipe.task_names:
-        if name in config.get("base_model", {}).get("task_names", [name])[-1:]:  # its own row, appended last
+        row = task_table(pipe.unet).weight[pipe.task_names.index(name)].detach()
+        if torch.equal(row.cpu().to(vec.dtype), vec):  # the same vector: this file (or a copy) was loaded before
             raise MultiEditError(f"The learned task {name!r} in {path} is already loaded into this model; pass each "
                                  "--task-embedding folder once (two folders of the same name: rename one with "
                                  "invert-task --name).")

@@ -74,10 +74,8 @@ def load_model(cfg: TrainConfig):
     from ..model_folder import check_pipeline_folder
     from ..pipeline import MultiEditPipeline
 
-    index = check_pipeline_folder(cfg.model)
-    if index.get("_class_name") == MultiEditPipeline.__name__:
-        return MultiEditPipeline.from_pretrained(str(cfg.model))
-    return MultiEditPipeline.from_base(cfg.model, tasks=cfg.tasks)
+    check_pipeline_folder(cfg.model)
+    return MultiEditPipeline.from_base(cfg.model, tasks=cfg.tasks)  # a MultiEditPipeline is loaded as it is
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -142,7 +140,7 @@ def train(cfg: TrainConfig) -> Path:
     # 4. Resume
     if cfg.resume:
         ckpt = find_checkpoint(out, cfg.resume)
-        with accelerate_view(ckpt) as view:
+        with accelerate_view(ckpt, out) as view:
             accelerator.load_state(str(view))
         load_extra_state(ckpt, state, ema, task_tokens)
         if ema is not None:

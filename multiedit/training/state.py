@@ -66,15 +66,16 @@ def prune_checkpoints(out: Path, limit: int | None) -> None:
 
 
 @contextlib.contextmanager
-def accelerate_view(ckpt: Path):
+def accelerate_view(ckpt: Path, workdir: Path):
     """``ckpt`` as ``accelerator.load_state`` should see it: without the custom-state pickles of the earlier layout
     (read by :func:`load_extra_state` instead, with ``weights_only=True``; accelerate would unpickle them fully
-    and insists on one per registered object)."""
+    and insists on one per registered object). The view is made in ``workdir`` (the run's output folder), so a
+    checkpoint on read-only storage still resumes."""
     legacy = set(Path(ckpt).glob("custom_checkpoint_*.pkl"))
     if not legacy:
         yield Path(ckpt)
         return
-    with tempfile.TemporaryDirectory(prefix=".resume-", dir=Path(ckpt).parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".resume-", dir=workdir) as tmp:
         for f in Path(ckpt).iterdir():
             if f not in legacy:
                 (Path(tmp) / f.name).symlink_to(f.resolve())
@@ -103,11 +104,14 @@ def load_extra_state(folder: Path, state: TrainState, ema=None, task_tokens=None
     folder = Path(folder)
     if not (folder / EXTRA_STATE_NAME).is_file():
         objects = [obj for obj in (state, ema, task_tokens) if obj is not None]
+        found = len(list(folder.glob("custom_checkpoint_*.pkl")))
+        if found != len(objects):
+            raise MultiEditError(f"Checkpoint {folder} holds {found} saved training object(s) and this run has "
+                                 f"{len(objects)} (step{', EMA' if ema is not None else ''}"
+                                 f"{', task tokens' if task_tokens is not None else ''}); resume with the settings "
+                                 "it was made with (--use-ema, the same model).")
         for i, obj in enumerate(objects):
             path = folder / f"custom_checkpoint_{i}.pkl"
-            if not path.is_file():
-                raise MultiEditError(f"Checkpoint {folder} has neither {EXTRA_STATE_NAME} nor {path.name}; it is "
-                                     "incomplete or from other settings (--use-ema, task tokens): resume from another.")
             obj.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return
     meta = json.loads((folder / EXTRA_STATE_NAME).read_text())
