@@ -202,10 +202,7 @@ def evaluate(
         check_edit_settings(steps, guidance_scale, image_guidance_scale, seed, resolution, alpha)
     elif steps < 1:
         raise MultiEditError(f"--steps must be at least 1, got {steps}.")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MultiEditError(f"--out {out} is a file; pass a folder for the report.")
-    check_output_path(out, "--out", "folder")
+    out = check_output_path(out, "--out", "folder")
     if predictions is not None and not Path(predictions).is_dir():
         raise MultiEditError(f"--predictions {predictions} is not a folder; pass the folder holding <id>.png files.")
     check_eval_args(batch_size, examples, limit)
