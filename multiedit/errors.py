@@ -5,6 +5,18 @@ fix. The CLI prints it without a traceback and exits non-zero; library users can
 """
 
 
+def brief(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` for quoting a library's error inside ours.
+
+    Cut at a word (never mid-URL) when longer than ``limit``; an empty message gives the type alone.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {text.rstrip('.')}" if text else type(exc).__name__
+
+
 class MultiEditError(Exception):
     """An error caused by user input (a path, a flag, a file's content), not by a bug."""
 

@@ -200,3 +200,20 @@ def test_bad_filter_and_limit_values_are_one_sentence_and_exit_2(tmp_path, capsy
         DatagenConfig("add", out, limit=0)
     with pytest.raises(MultiEditError, match="--num-shards is 0; it must be at least 1"):
         DatagenConfig("add", out, num_shards=0, shard_index=0)
+
+
+@pytest.mark.parametrize("loader", ["clip", "depth"])
+def test_a_load_failure_with_an_empty_message_names_the_flag(loader, monkeypatch):
+    """Libraries raise bare ``OSError()`` too; quoting it must give our sentence, not an IndexError."""
+    import transformers
+
+    from multiedit.datagen.scoring import ClipEmbedder, DepthEstimator
+    from multiedit.errors import MultiEditError
+
+    def fail(*a, **k):
+        raise OSError()
+
+    cls = {"clip": "CLIPModel", "depth": "AutoModelForDepthEstimation"}[loader]
+    monkeypatch.setattr(getattr(transformers, cls), "from_pretrained", fail)
+    with pytest.raises(MultiEditError, match=rf"from '/no/such/model' \(OSError\); pass --{loader}-model"):
+        (ClipEmbedder if loader == "clip" else DepthEstimator)("/no/such/model")

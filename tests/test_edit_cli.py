@@ -211,6 +211,22 @@ def test_a_network_error_is_not_called_a_path_problem(model, image_file, tmp_pat
     assert_clean_failure(code, err, "could not reach a server", "ConnectionError", "pass local folders")
 
 
+@pytest.mark.parametrize("error", ["network", "os"])
+def test_an_error_with_no_message_is_still_one_sentence(model, image_file, tmp_path, capsys, monkeypatch, error):
+    import requests
+
+    import multiedit.editing as editing
+
+    def fail(*a, **k):  # libraries do raise bare OSError() / ConnectionError(); quoting them must not crash
+        raise requests.exceptions.ConnectionError() if error == "network" else OSError()
+
+    monkeypatch.setattr(editing, "load_pipeline", fail)
+    code, _, err = edit(capsys, "--model", model, "--image", str(image_file), "--instruction", "x", "--task", "add",
+                        "--out", str(tmp_path / "o.png"))
+    expected = "could not reach a server (ConnectionError)" if error == "network" else "OSError; check the paths"
+    assert_clean_failure(code, err, expected)
+
+
 def test_one_task_per_turn(model, image_file, tmp_path, capsys, monkeypatch):
     from multiedit.pipeline import MultiEditPipeline
 

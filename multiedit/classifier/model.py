@@ -30,7 +30,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.t5.modeling_t5 import T5PreTrainedModel, T5Stack
 
-from ..errors import MultiEditError
+from ..errors import MultiEditError, brief
 
 # diffusers records a pipeline component defined outside its known libraries under its module path
 # (``["multiedit.classifier.model", "TaskClassifierModel"]`` in model_index.json) and, to find how to
@@ -196,7 +196,7 @@ def load_classifier(path: str | Path, device: str | torch.device | None = None):
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     except (OSError, ValueError) as exc:
         raise MultiEditError(
-            f"Could not load the task classifier from {model_dir} ({_first_line(exc)}); re-save or retrain it."
+            f"Could not load the task classifier from {model_dir} ({brief(exc)}); re-save or retrain it."
         ) from None
     if device is not None:
         model.to(device)
@@ -227,7 +227,7 @@ def load_base(base: str | Path, labels: list[str], max_length: int = 128, dropou
         tokenizer = AutoTokenizer.from_pretrained(str(base))
     except (OSError, ValueError) as exc:
         raise MultiEditError(
-            f"Could not load the base T5 checkpoint {str(base)!r} ({_first_line(exc)}); pass a local folder "
+            f"Could not load the base T5 checkpoint {str(base)!r} ({brief(exc)}); pass a local folder "
             "with config.json, weights and tokenizer, or a hub name reachable from this machine."
         ) from None
     return model, tokenizer
@@ -256,8 +256,3 @@ def _check_t5_config(base: str | Path) -> None:
             f"Base checkpoint {base} is a {model_type!r} model; the task classifier needs a T5 checkpoint "
             f"(e.g. {DEFAULT_BASE})."
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0].rstrip(".") if text else type(exc).__name__

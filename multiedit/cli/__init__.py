@@ -13,7 +13,7 @@ import logging
 import pkgutil
 import sys
 
-from ..errors import MultiEditError
+from ..errors import MultiEditError, brief
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # a path the checks could not foresee (permissions, a full disk, /proc), or the network
         if type(exc).__module__.split(".")[0] in NETWORK_MODULES:
-            print(f"multiedit {args.verb}: error: could not reach a server ({type(exc).__name__}: "
-                  f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); pass local folders for models and data, "
-                  "or check the connection (and HF_HUB_OFFLINE).", file=sys.stderr)
+            print(f"multiedit {args.verb}: error: could not reach a server ({brief(exc)}); pass local folders for "
+                  "models and data, or check the connection (and HF_HUB_OFFLINE).", file=sys.stderr)
             return 1
         print(f"multiedit {args.verb}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
@@ -70,10 +69,10 @@ NETWORK_MODULES = {"requests", "urllib3", "huggingface_hub", "httpx", "httpcore"
 
 def describe_os_error(exc: OSError) -> str:
     """One sentence for an operating-system error: what failed on which path, and what to check."""
-    what = exc.strerror or type(exc).__name__
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
     if not paths:
-        return f"{what} ({exc}); check the paths given and the free disk space."
+        return f"{brief(exc)}; check the paths given and the free disk space."
+    what = exc.strerror or type(exc).__name__
     return f"{what}: {' -> '.join(paths)}; check that the path exists, is of the right kind and is writable."
 
 

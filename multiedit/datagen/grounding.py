@@ -29,7 +29,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from ..errors import MultiEditError, require
+from ..errors import MultiEditError, brief, require
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class TransformersSam:
             self.processor = SamProcessor.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise MultiEditError(
-                f"Could not load SAM from {path!r} ({str(exc).splitlines()[0]}); pass --sam-model a transformers SAM "
+                f"Could not load SAM from {path!r} ({brief(exc)}); pass --sam-model a transformers SAM "
                 "folder or hub id (facebook/sam-vit-base), or an original .pth checkpoint."
             ) from None
         self.device, self.dtype = torch.device(device), dtype
@@ -217,7 +217,7 @@ class SegmentAnythingSam:
             model.load_state_dict(state)
         except Exception as exc:
             raise MultiEditError(
-                f"{checkpoint} is not a plain {model_type} SAM state dict ({str(exc).splitlines()[0][:200]}); "
+                f"{checkpoint} is not a plain {model_type} SAM state dict ({brief(exc)}); "
                 "use the original sam_vit_*.pth file or a transformers SAM folder."
             ) from None
         self.predictor = sa.SamPredictor(model.to(device).eval())
@@ -280,7 +280,7 @@ class Grounder:
             self.processor = AutoProcessor.from_pretrained(dino_path)
         except (OSError, ValueError) as exc:
             raise MultiEditError(
-                f"Could not load Grounding DINO from {dino_path!r} ({str(exc).splitlines()[0]}); pass "
+                f"Could not load Grounding DINO from {dino_path!r} ({brief(exc)}); pass "
                 "--grounding-model a local folder or hub id (IDEA-Research/grounding-dino-tiny)."
             ) from None
         self.model.to(device).eval()

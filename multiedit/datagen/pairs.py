@@ -24,7 +24,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from ..errors import MultiEditError
+from ..errors import MultiEditError, brief
 from .attention_control import (
     EditBranchControl,
     PairAttentionControl,
@@ -258,7 +258,7 @@ def load_sd_pipeline(path: str, device: str | torch.device = "cpu", dtype: torch
         )
     except (OSError, ValueError) as exc:
         raise MultiEditError(
-            f"Could not load the Stable Diffusion pipeline {path!r} ({str(exc).splitlines()[0]}); pass --sd-model "
+            f"Could not load the Stable Diffusion pipeline {path!r} ({brief(exc)}); pass --sd-model "
             "a local diffusers folder or a hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5)."
         ) from None
     pipe.set_progress_bar_config(disable=True)

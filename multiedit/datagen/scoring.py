@@ -13,12 +13,12 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..errors import MultiEditError
+from ..errors import MultiEditError, brief
 
 
 def _load_error(what: str, path: str, flag: str, example: str, exc: Exception) -> MultiEditError:
     return MultiEditError(
-        f"Could not load {what} from {path!r} ({str(exc).splitlines()[0]}); pass {flag} a local folder or hub id "
+        f"Could not load {what} from {path!r} ({brief(exc)}); pass {flag} a local folder or hub id "
         f"({example})."
     )
 

@@ -18,9 +18,8 @@ from typing import Any
 
 import PIL.Image
 
-from ..errors import MultiEditError
+from ..errors import MultiEditError, brief
 from ..io_utils import looks_local
-from .checks import brief
 
 log = logging.getLogger(__name__)
 

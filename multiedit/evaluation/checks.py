@@ -5,15 +5,6 @@ from __future__ import annotations
 from ..errors import MultiEditError
 
 
-def brief(exc: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message``, cut at a word (never mid-URL) when longer than ``limit``."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else ""
-    if len(text) > limit:
-        text = text[:limit].rsplit(" ", 1)[0] + " ..."
-    return f"{type(exc).__name__}: {text.rstrip('.')}" if text else type(exc).__name__
-
-
 def check_eval_args(batch_size: int, examples: int, limit: int | None) -> None:
     """The scoring options; the generation options are checked by ``editing.check_edit_settings``."""
     if batch_size < 1:
