@@ -241,6 +241,9 @@ def test_bad_shapes_flags_are_refused_before_anything_is_written(tmp_path, capsy
         (["--task", " , "], "--task ' , ' names no task"),
         (["--task", "add", "--captions", "caps.txt"], "--captions has no effect"),
         (["--task", "add", "--llm", "template"], "--llm has no effect"),
+        (["--task", "add", "--llm", "vllm"], "--llm has no effect"),  # typed at its default: still ignored
+        (["--task", "add", "--concurrency=16"], "--concurrency has no effect"),
+        (["--task", "add", "--sd-mod", "some/model"], "--sd-model has no effect"),  # argparse's prefix
         (["--task", "add", "--sd-model", "some/model"], "--sd-model has no effect"),
         (["--task", "add", "--steps", "5", "--instructions", "x"], "--instructions and --steps have no effect"),
     ]

@@ -32,13 +32,15 @@ def add_shapes_arguments(parser: argparse.ArgumentParser) -> None:
 def run_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Write ``-n`` pairs per task; ``--task`` takes names separated by commas (omitted: every trained task).
 
-    ``parser`` (the ``datagen`` parser) gives the defaults of the sd backend's flags: a value other than its
-    default was given by the user, and is refused, since ShapesWorld would ignore it."""
+    An sd-backend flag that was typed (even at its default value, e.g. ``--llm vllm``) or holds another value
+    than its default in ``parser`` (the ``datagen`` parser) is refused, since ShapesWorld would ignore it."""
     from ...errors import MultiEditError
     from .dataset import write_shapes_dataset
     from .edits import ALL_TASK_OPS, TRAINED_TASKS
 
-    given = [flag for flag, dest in sd_backend_flags(parser) if getattr(args, dest, None) != parser.get_default(dest)]
+    typed = typed_dests(parser, getattr(args, "argv", None) or [])
+    given = [flag for flag, dest in sd_backend_flags(parser)
+             if dest in typed or getattr(args, dest, None) != parser.get_default(dest)]
     if given:
         raise MultiEditError(f"{' and '.join(given)} {'has' if len(given) == 1 else 'have'} no effect with --backend "
                              "shapes: the shapes backend generates its own scenes (no captions, LLM or Stable "
@@ -61,3 +63,20 @@ def sd_backend_flags(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
     """``(flag, dest)`` of each ``datagen`` option that only the sd backend reads (not in :data:`SHAPES_DESTS`)."""
     return [(action.option_strings[-1], action.dest) for action in parser._actions
             if action.option_strings and action.dest not in SHAPES_DESTS and action.dest != "help"]
+
+
+def typed_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The dests of ``parser``'s options that appear in ``argv``: exactly, as ``--flag=value``, or abbreviated to an
+    unambiguous prefix (as argparse reads them). Tokens after ``--`` are values."""
+    by_option = {opt: a.dest for a in parser._actions for opt in a.option_strings}
+    typed = set()
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        matches = [name] if name in by_option else [o for o in by_option if o.startswith(name)]
+        if len(matches) == 1:
+            typed.add(by_option[matches[0]])
+    return typed
