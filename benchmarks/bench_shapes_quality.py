@@ -53,7 +53,9 @@ def describe_model(folder: Path) -> str:
     info = folder / "training_time.json"
     if info.is_file():
         meta = json.loads(info.read_text())
-        text += f" ({meta['max_steps']} steps, UNet {meta['times']['unet_s'] / 60:.1f} min)"
+        times, annealed = meta["times"], meta.get("anneal_steps", 0)
+        text += f" ({meta['max_steps']} steps, UNet {times['unet_s'] / 60:.1f} min" + (
+            f", then {annealed} annealed in {times['anneal_s'] / 60:.1f} min)" if annealed else ")")
     return text
 
 

@@ -1,30 +1,38 @@
 """Train the embedded default model (``multiedit/assets/default-model/``) on ShapesWorld, on CPU.
 
-    .venv/bin/python scripts/train_shapes_default.py                 # reproduces the committed model
-    .venv/bin/python scripts/train_shapes_default.py --work /tmp/sw --max-steps 50   # a quick smoke run
+    .venv/bin/python scripts/train_shapes_default.py                 # reproduces the committed model (~4 h)
+    .venv/bin/python scripts/train_shapes_default.py --work /tmp/sw --max-steps 50 --anneal-steps 0  # a smoke run
 
 What it does, with the settings of the committed model (seed 0):
 
-1. ``write_shapes_dataset``: 800 training pairs per trained task (10 tasks: add, remove, local, texture,
+1. ``write_shapes_dataset``: 3,200 training pairs per trained task (10 tasks: add, remove, local, texture,
    background, global, style, detect, segment, color), 64×64, train phrasings only, seed 0.
 2. ``build_shapes_pipeline`` (``multiedit/shapes_preset.py``): the toy preset. Its autoencoder is exact
    by construction (no training; see ``make_exact_autoencoder``): tiny AutoencoderKLs trained here on
-   CPU reconstructed with L1 0.05–0.07, more than many edits change, so they capped edit accuracy.
-3. ``multiedit.training.train``: residual diffusion predicting x0, trained with the absolute error of the
-   v it implies (``loss_type="l1"``: v-prediction's weighting, an L1 penalty), zero terminal SNR and the
-   task table; 2,000 steps of batch 32; AdamW lr 1e-3, cosine schedule,
-   50 warm-up steps; EMA (decay 0.999);
-   latent cache (one variant; ``augment="none"`` and no flips, because the world is exact and
-   "left"/"right" are in the instructions); conditioning dropout 5% (IP2P).
-4. ``train_classifier``: the task classifier, from the tiny zoo's ``classifier-base``, on 300 training
+   CPU reconstructed with L1 0.05–0.07, more than many edits change, so they capped edit accuracy. Its text
+   encoder is random, frozen and layer-free (``--text-layers 0``: each word's state is its own embedding plus
+   its position's), the instruction is also pooled into every ResNet block (``--pooled-text``), the task is
+   both the row of the task table added to the timestep embedding and one more cross-attention token
+   (``--task-token``, Emu Edit §3.2), and 16 coordinate channels are appended to the UNet input
+   (``--position-channels 16``, ``multiedit/position_code.py``) so that "at the top left" has a place to mean.
+3. ``multiedit.training.train``: residual diffusion predicting x0, zero terminal SNR, the task table trained
+   with the UNet; 36,000 steps of batch 8 at a constant lr 1e-3 (AdamW, no warm-up, no EMA), the squared error
+   for the first 24,000 steps and then the absolute error of the v it implies (``loss_type="l1"``), each task's
+   loss weighed by the inverse of its no-change loss (``--task-loss-balance 1``); latent cache (one variant;
+   ``augment="none"`` and no flips, because the world is exact and "left"/"right" are in the instructions);
+   conditioning dropout 5% (IP2P).
+4. The anneal (``--anneal-steps 6000``): 6,000 more steps from the trained UNet with a fresh AdamW, the lr
+   falling from 5e-4 to 0 (cosine, 100 warm-up steps), the absolute error, seed 1.
+5. ``train_classifier``: the task classifier, from the tiny zoo's ``classifier-base``, on 300 training
    instructions per task (train phrasings), 30 epochs at lr 1e-3; attached to the pipeline.
-5. The pipeline (with classifier) is saved to ``--out`` (default: the embedded default-model folder),
+6. The pipeline (with classifier) is saved to ``--out`` (default: the embedded default-model folder),
    with ``training_time.json`` (settings and the wall time of each stage).
 
-Time: 30-65 min for the UNet on 2 CPU cores (the committed run: 51 min, 0.65 steps/s; the same machine type
-has run the earlier L2 settings at 1.1 steps/s) and under a minute for the rest; see ``training_time.json``
-for the committed run. Everything is seeded; on the same machine and library versions a rerun gives the same
-weights, elsewhere the same quality within noise.
+Time: about 3.6 h for the UNet and 28 min for the anneal on 2 CPU cores (3.4–3.9 steps/s when nothing else
+runs; a two-thread run slows several-fold beside any other CPU work), under a minute for the rest; see
+``training_time.json`` for the committed run, which was stopped and resumed four times. Everything is seeded;
+on the same machine and library versions an uninterrupted rerun gives the same weights, elsewhere (or resumed)
+the same quality within noise.
 """
 
 from __future__ import annotations
@@ -48,7 +56,8 @@ DEFAULT_OUT = ROOT / "multiedit" / "assets" / "default-model"
 # flags that pass a TrainConfig field through unchanged, with its help; the default is the committed model's
 # setting, which is TrainConfig's own default unless COMMITTED names it
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-COMMITTED = {"loss_type": "l1", "lr_scheduler": "cosine", "lr_warmup_steps": 50, "use_ema": True}
+COMMITTED = {"loss_type": "l1", "lr_scheduler": "constant", "lr_warmup_steps": 0, "use_ema": False,
+             "l2_warmup_steps": 24000, "task_loss_balance": 1.0}
 PASSED_THROUGH = ("loss_type", "lr_scheduler", "lr_warmup_steps", "use_ema", "snr_gamma", "huber_c", "l2_warmup_steps",
                   "timestep_bias_strategy", "timestep_bias_multiplier", "timestep_bias_portion", "task_loss_balance")
 
@@ -76,37 +85,48 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="shapes-work", help="Folder for the dataset, the base model and the run.")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="Where the final pipeline (with classifier) goes.")
     ap.add_argument("--seed", type=int, default=0, help="Seed of everything (the committed model: 0).")
-    ap.add_argument("--per-task", type=int, default=800, help="Training pairs per task.")
-    ap.add_argument("--max-steps", type=int, default=2000, help="UNet training steps.")
-    ap.add_argument("--batch-size", type=int, default=32, help="UNet batch size.")
+    ap.add_argument("--per-task", type=int, default=3200, help="Training pairs per task.")
+    ap.add_argument("--max-steps", type=int, default=36000, help="UNet training steps.")
+    ap.add_argument("--batch-size", type=int, default=8, help="UNet batch size.")
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
-    ap.add_argument("--pooled-text", action="store_true",
+    ap.add_argument("--pooled-text", action=argparse.BooleanOptionalAction, default=True,
                     help="Build the preset with the instruction also pooled into the timestep embedding (FiLM at "
-                         "every resolution; shapes_preset.build_shapes_components(pooled_text=True)).")
-    ap.add_argument("--task-token", action="store_true",
+                         "every resolution; shapes_preset.build_shapes_components(pooled_text=True)). The committed "
+                         "model: on.")
+    ap.add_argument("--task-token", action=argparse.BooleanOptionalAction, default=True,
                     help="Build the preset with the task also as one more cross-attention token (Emu Edit §3.2; "
-                         "shapes_preset.build_shapes_pipeline(task_token=True)), trained with the UNet.")
-    ap.add_argument("--position-channels", type=int, default=0,
+                         "shapes_preset.build_shapes_pipeline(task_token=True)), trained with the UNet. The committed "
+                         "model: on.")
+    ap.add_argument("--position-channels", type=int, default=16,
                     help="Build the preset with this many coordinate channels appended to the UNet input (a multiple "
-                         "of 4, e.g. 16; multiedit/position_code.py). The committed model: 0.")
-    ap.add_argument("--text-layers", type=int, default=2,
+                         "of 4, e.g. 16; multiedit/position_code.py). The committed model: 16.")
+    ap.add_argument("--text-layers", type=int, default=0,
                     help="Transformer layers of the preset's random frozen text encoder (0: each word's state is its "
                          "own embedding plus its position's; benchmarks/probe_text_depth.py). The committed "
-                         "model: 2.")
+                         "model: 0.")
     for name in PASSED_THROUGH:
         f = TRAIN_FIELDS[name]
         default = COMMITTED.get(name, f.default)
         add_field_argument(ap, f, default=default,
                            help=f"{f.metadata['help']} (TrainConfig.{name}; the committed model: {default})")
+    ap.add_argument("--anneal-steps", type=int, default=6000,
+                    help="Then continue from the trained UNet for this many steps with a fresh AdamW and the lr "
+                         "falling from --anneal-lr to 0 (cosine, 100 warm-up steps, seed + 1); 0: no second stage. "
+                         "The committed model: 6000.")
+    ap.add_argument("--anneal-lr", type=float, default=5e-4,
+                    help="Peak lr of the --anneal-steps stage (the committed model: 5e-4).")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
     args = ap.parse_args(argv)
     if args.no_task_embedding and args.task_loss_balance:
         sys.exit("error: --no-task-embedding labels every pair as one task, so --task-loss-balance would weigh "
-                 "nothing; drop one of them.")
+                 "nothing; pass --task-loss-balance 0 with it.")
     if args.position_channels < 0 or args.position_channels % 4:
         sys.exit(f"error: --position-channels {args.position_channels}; use 0 or a positive multiple of 4, e.g. 16.")
+    if args.anneal_steps < 0 or args.anneal_lr <= 0:
+        sys.exit(f"error: --anneal-steps {args.anneal_steps} --anneal-lr {args.anneal_lr}; use 0 or more steps and a "
+                 "positive lr, e.g. --anneal-steps 6000 --anneal-lr 5e-4.")
     if args.text_layers < 0:
         sys.exit(f"error: --text-layers {args.text_layers}; use 0 or more.")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -169,6 +189,15 @@ def main(argv=None) -> int:
     )
     train(cfg)
     times["unet_s"] = time.time() - t
+    if args.anneal_steps:  # a fresh optimiser and a decaying lr settle what the constant lr left noisy
+        t = time.time()
+        annealed = run.with_name(run.name + "-anneal")
+        train(dataclasses.replace(
+            cfg, model=str(run), out=str(annealed), max_steps=args.anneal_steps, lr=args.anneal_lr,
+            lr_scheduler="cosine", lr_warmup_steps=100, l2_warmup_steps=0, use_ema=False, seed=args.seed + 1,
+            resume="latest" if (annealed / "checkpoints").is_dir() else None))
+        run = annealed
+        times["anneal_s"] = time.time() - t
 
     t = time.time()
     clf = work / "classifier"
