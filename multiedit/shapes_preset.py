@@ -4,9 +4,11 @@ Components (all stock diffusers / transformers classes, so the folder loads with
 
 - ``vae``: a single-level ``AutoencoderKL`` (64×64×3 → 64×64×4) whose weights are set so that it is exact
   (see :func:`make_exact_autoencoder`): latents are the pixels in [-1, 1], ``scaling_factor`` 1.
-- ``text_encoder``: a 2-layer CLIP text model (width 64; see ``text_layers``), random and frozen — training never
-  updates it (IP2P freezes CLIP too); the UNet learns to read its token features through cross-attention.
-- ``unet``: ``UNet2DConditionModel`` on 64×64×8 inputs (noisy change ‖ source latent), with the task table
+- ``text_encoder``: a CLIP text model (width 64; 2 layers, the committed model 0: see ``text_layers``), random
+  and frozen — training never updates it (IP2P freezes CLIP too); the UNet learns to read its token features
+  through cross-attention.
+- ``unet``: ``UNet2DConditionModel`` on 64×64×8 inputs (noisy change ‖ source latent; more with
+  ``position_channels``, the committed model 16), with the task table
   (``num_class_embeds`` = every registered task, zero-initialised; Emu Edit §3.2).
 - ``scheduler``: DDIM predicting x0 (``prediction_type="sample"``; the default model is trained with an L1
   penalty on the v error its x0 estimate implies, ``loss_type="l1"``: see
@@ -70,12 +72,12 @@ def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_c
     scales and shifts the features: FiLM, Perez et al. 2018) and a 128-wide time embedding. Cross-attention
     reads the words at 16×16 and 8×8 only; with FiLM the full-resolution features can be gated by the words
     too. Same step time. On remove alone it is what made the model pick the named shape out of three
-    (README, ShapesWorld); the committed default model is trained without it.
+    (README, ShapesWorld); the committed default model is built with it.
 
     ``position_channels`` widens the UNet input for that many coordinate channels (``multiedit.position_code``;
     the pipeline must be given the same ``position_channels``).
 
-    ``text_layers``: transformer layers of the random frozen text encoder (the committed model: 2). With 0 its
+    ``text_layers``: transformer layers of the random frozen text encoder (the committed model: 0). With 0 its
     states are each token's embedding plus its position's, normalised: a word reads the same in every sentence
     at the same position, and the UNet's attention can key on it. With layers, random attention mixes each word
     with its sentence, so a held-out wording looks like whichever training sentence has its shape
