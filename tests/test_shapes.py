@@ -425,8 +425,8 @@ def test_default_model_beats_the_identity_edit_on_test_scenes(task):
 def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(tmp_path):
     """Task inversion overfits a handful of sepia examples: at fixed noise and timesteps, the learned vector's
     loss, with the model's own L1 penalty, is well below the zero vectors' (measured 0.77× on the previous L1
-    default model, 0.76× with the squared loss on the earlier L2 model, where 120 steps or lr 2e-2 gave 0.77–0.78: this
-    is where one vector levels off). A vector left at zero, another row trained, or a
+    default model, 0.76× with the squared loss on the earlier L2 model, where 120 steps or lr 2e-2 gave
+    0.77–0.78: this is where one vector levels off). A vector left at zero, another row trained, or a
     gradient reaching the backbone instead would not give this."""
     import json
 
@@ -488,6 +488,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     from pathlib import Path
 
     import torch
+    from safetensors.torch import load_file
 
     from multiedit.pipeline import MultiEditPipeline
 
@@ -518,8 +519,6 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert (annealed["l2_warmup_steps"], annealed["loss_type"], annealed["task_loss_balance"]) == (0, "l1", 0.5)
     pipe = MultiEditPipeline.from_pretrained(tmp_path / "model")
     assert pipe.task_classifier is not None and pipe.config.residual
-    from safetensors.torch import load_file
-
     weights = "unet/diffusion_pytorch_model.safetensors"
     saved, last = load_file(tmp_path / "model" / weights), load_file(tmp_path / "w" / "run-anneal" / weights)
     assert all(torch.equal(saved[k], last[k]) for k in last)  # the annealed UNet is the one saved
