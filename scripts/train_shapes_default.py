@@ -80,6 +80,26 @@ def instruction_rows(dataset_dir: Path, out: Path, per_task: int, seed: int) -> 
     return out
 
 
+def one_task_copy(data: Path, flat: Path) -> Path:
+    """``data`` with every row's task set to "local" and the true task kept in a ``true_task`` column (for the
+    loss balance), shard by shard, each written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat.mkdir(exist_ok=True)
+    for shard in sorted(data.glob("*.parquet")):
+        if (flat / shard.name).is_file():
+            continue
+        table = pq.read_table(shard)
+        i = table.schema.get_field_index("task")
+        table = table.append_column("true_task", table.column(i))
+        table = table.set_column(i, "task", pa.array(["local"] * table.num_rows))
+        tmp = flat / f".{shard.name}.tmp"
+        pq.write_table(table, tmp)
+        tmp.replace(flat / shard.name)
+    return flat
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="shapes-work", help="Folder for the dataset, the base model and the run.")
@@ -117,11 +137,10 @@ def main(argv=None) -> int:
                     help="Peak lr of the --anneal-steps stage (the committed model: 5e-4).")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
-                    help="Ablation: train with every sample labelled as one task (the task table carries no signal).")
+                    help="Ablation: train with every sample labelled as one task (the task table carries no signal); "
+                         "the true task stays in a true_task column that --task-loss-balance groups by, so only "
+                         "the task input differs from the model.")
     args = ap.parse_args(argv)
-    if args.no_task_embedding and args.task_loss_balance:
-        sys.exit("error: --no-task-embedding labels every pair as one task, so --task-loss-balance would weigh "
-                 "nothing; pass --task-loss-balance 0 with it.")
     if args.position_channels < 0 or args.position_channels % 4:
         sys.exit(f"error: --position-channels {args.position_channels}; use 0 or a positive multiple of 4, e.g. 16.")
     if args.anneal_steps < 0 or args.anneal_lr <= 0:
@@ -145,17 +164,7 @@ def main(argv=None) -> int:
 
     data = write_shapes_dataset(work / "data", list(TRAINED_TASKS), args.per_task, seed=args.seed, split="train")
     if args.no_task_embedding:  # same pairs, one task label: the task vector cannot tell the tasks apart
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        flat = work / "data-one-task"
-        flat.mkdir(exist_ok=True)
-        for shard in sorted(data.glob("*.parquet")):
-            table = pq.read_table(shard)
-            i = table.schema.get_field_index("task")
-            table = table.set_column(i, "task", pa.array(["local"] * table.num_rows))
-            pq.write_table(table, flat / shard.name)
-        data = flat
+        data = one_task_copy(data, work / "data-one-task")
     times["dataset_s"] = time.time() - t0
 
     t = time.time()
@@ -185,6 +194,8 @@ def main(argv=None) -> int:
         augment="none", random_flip=False, seed=args.seed, report_to="none", checkpointing_steps=250,
         checkpoints_total_limit=1, num_validation_samples=4, validation_inference_steps=10,
         **{name: getattr(args, name) for name in PASSED_THROUGH},
+        # the ablation's loss is balanced over the true tasks, as the model's, so only the task input differs
+        loss_group_column="true_task" if args.no_task_embedding and args.task_loss_balance else None,
         resume="latest" if (run / "checkpoints").is_dir() else None,
     )
     train(cfg)

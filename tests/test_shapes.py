@@ -482,7 +482,8 @@ def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(
 
 def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_path):
     """``scripts/train_shapes_default.py`` at toy size: dataset, preset, training, classifier, one saved pipeline
-    with the settings and the time of each stage; a rerun resumes rather than redoing the finished work."""
+    with the settings and the time of each stage; a rerun resumes rather than redoing the finished work. The
+    ``--no-task-embedding`` twin trains on one task label with the loss still balanced over the true tasks."""
     import importlib.util
     import json
     from pathlib import Path
@@ -490,7 +491,9 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     import torch
     from safetensors.torch import load_file
 
+    from multiedit.datagen.shapes import TRAINED_TASKS
     from multiedit.pipeline import MultiEditPipeline
+    from multiedit.training.data import load_edit_dataset
 
     path = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_default.py"
     spec = importlib.util.spec_from_file_location("train_shapes_default", path)
@@ -542,5 +545,9 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
         script.main(args[:at] + args[at + 2:])
     with pytest.raises(SystemExit, match="--anneal-steps -1 --anneal-lr 0.0001; use 0 or more steps"):
         script.main(args + ["--anneal-steps", "-1"])
-    with pytest.raises(SystemExit, match="--task-loss-balance would weigh nothing"):
-        script.main(args + ["--no-task-embedding"])  # one label: the balance would silently be off
+    assert script.main(args + ["--no-task-embedding", "--out", str(tmp_path / "notask")]) == 0
+    twin = json.loads((tmp_path / "w" / "run-notask" / "training_config.json").read_text())
+    assert twin["dataset"] == str(tmp_path / "w" / "data-one-task") and twin["task_loss_balance"] == 0.5
+    assert twin["loss_group_column"] == "true_task"  # balanced over the true tasks, as the model was
+    flat = load_edit_dataset(str(tmp_path / "w" / "data-one-task"))
+    assert set(flat["task"]) == {"local"} and set(flat["true_task"]) == set(TRAINED_TASKS)

@@ -738,3 +738,48 @@ def test_training_step_weights_each_sample_by_its_tasks_balanced_weight(zoo, tmp
     n = {pipe.task_id("add"): 3, pipe.task_id("remove"): 2, pipe.task_id("global"): 2}
     assert len({round(float(got["l2"][k]), 4) for k in n}) == 3
     torch.testing.assert_close(sum(c * got["l2"][k] for k, c in n.items()), torch.tensor(7.0))
+
+
+def test_loss_group_column_balances_rows_of_one_task_label_as_their_true_tasks(zoo, tmp_path, monkeypatch, capsys):
+    """The no-task ablation: every row labelled "add", its true task in ``true_task``. With ``--loss-group-column
+    true_task`` each step weighs each sample exactly as the balanced run over the true tasks does, so only the
+    task input differs; a missing column and a group column without a balance are refused in one sentence."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from multiedit.training import loop
+
+    data = write_synthetic_dataset(tmp_path / "data", n=7, size=32, shards=1)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for shard in data.glob("*.parquet"):
+        table = pq.read_table(shard)
+        table = table.append_column("true_task", table.column("task"))
+        table = table.set_column(table.schema.get_field_index("task"), "task", pa.array(["add"] * table.num_rows))
+        pq.write_table(table, flat / shard.name)
+    calls = {}
+
+    def loss(unet, sched, target, cond, **kwargs):
+        calls[run].append((cond.task_ids.cpu().clone(), kwargs["sample_weights"]))
+        return diffusion_loss(unet, sched, target, cond, **kwargs)
+
+    monkeypatch.setattr(loop, "diffusion_loss", loss)
+    args = ["train", "--model", str(zoo("pipeline")), "--resolution", "32", "--max-steps", "3", "--batch-size", "3",
+            "--num-validation-samples", "0", "--report-to", "none", "--task-loss-balance", "1", "--cache-latents"]
+    for run, extra in (("tasks", ["--dataset", str(data)]),
+                       ("groups", ["--dataset", str(flat), "--loss-group-column", "true_task"])):
+        calls[run] = []
+        assert main(args + extra + ["--out", str(tmp_path / run)]) == 0, capsys.readouterr().err
+    add = MultiEditPipeline.from_pretrained(tmp_path / "groups").task_id("add")
+    assert len(calls["groups"]) == len(calls["tasks"]) == 3
+    for (true_ids, true_w), (ids, w) in zip(calls["tasks"], calls["groups"]):
+        assert (ids == add).all()  # one task input for every sample
+        torch.testing.assert_close(w, true_w)  # but each sample's weight is its true task's
+    assert any(len(set(w.tolist())) > 1 for _, w in calls["groups"])  # the weights did differ within a batch
+    assert main(args + ["--dataset", str(flat), "--loss-group-column", "kind", "--out", str(tmp_path / "x")]) != 0
+    err = capsys.readouterr().err
+    assert "has no column 'kind' for --loss-group-column" in err and "Traceback" not in err
+    bad = [a for a in args if a not in ("--task-loss-balance", "1")]
+    assert main(bad + ["--dataset", str(flat), "--loss-group-column", "true_task", "--out", str(tmp_path / "y")]) != 0
+    err = capsys.readouterr().err
+    assert "set --task-loss-balance above 0 or drop --loss-group-column" in err and "Traceback" not in err

@@ -101,20 +101,22 @@ def sample_rows(task_ids: list[int], per_task: int | None, seed: int) -> list[in
 
 def task_loss_weights(cfg, task_names: list[str], dataset, encoder, cache, loss_types,
                       verbose: bool = True) -> dict[str, torch.Tensor]:
-    """``{loss_type: (num_tasks,) weights}`` for each penalty the run uses. The sizes are measured on the training
-    rows (all of them from the latent cache; without it, up to ``ROWS_PER_TASK`` rows per task are encoded, once);
-    the weights average 1 over all the training rows. Logged per task if ``verbose``."""
-    rows = sample_rows(dataset.task_ids, None if cache is not None else ROWS_PER_TASK, cfg.seed)
-    ids = torch.tensor([dataset.task_ids[i] for i in rows])
-    counts = torch.bincount(torch.tensor(dataset.task_ids), minlength=len(task_names)).double()
+    """``{loss_type: (num_groups,) weights}`` for each penalty the run uses, indexed by ``dataset.group_ids``: the
+    rows' tasks, or the groups of ``--loss-group-column`` (``dataset.group_names``). The sizes are measured on the
+    training rows (all of them from the latent cache; without it, up to ``ROWS_PER_TASK`` rows per group are
+    encoded, once); the weights average 1 over all the training rows. Logged per group if ``verbose``."""
+    names = dataset.group_names or task_names
+    rows = sample_rows(dataset.group_ids, None if cache is not None else ROWS_PER_TASK, cfg.seed)
+    ids = torch.tensor([dataset.group_ids[i] for i in rows])
+    counts = torch.bincount(torch.tensor(dataset.group_ids), minlength=len(names)).double()
     residuals = row_residuals(cache, encoder, dataset, rows, batch_size=256 if cache is not None else 8)
-    sizes, _ = task_edit_sizes(residuals, ids, len(task_names), loss_types, cfg.huber_c)
+    sizes, _ = task_edit_sizes(residuals, ids, len(names), loss_types, cfg.huber_c)
     out = {}
     for kind in loss_types:
         out[kind] = balanced_task_weights(sizes[kind], counts, cfg.task_loss_balance)
         if not verbose:
             continue
-        log.info("task loss weights (%s, balance %g): %s", kind, cfg.task_loss_balance,
-                 ", ".join(f"{task_names[k]} {out[kind][k]:.3g} (no-change loss {sizes[kind][k]:.3g})"
-                           for k in range(len(task_names)) if counts[k] > 0))
+        log.info("%s loss weights (%s, balance %g): %s", "group" if dataset.group_names else "task", kind,
+                 cfg.task_loss_balance, ", ".join(f"{names[k]} {out[kind][k]:.3g} (no-change loss {sizes[kind][k]:.3g})"
+                                                  for k in range(len(names)) if counts[k] > 0))
     return out

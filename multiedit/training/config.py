@@ -88,6 +88,9 @@ class TrainConfig:
                                        "(B in [0, 1]; 0: unweighted). Whole-image edits change every pixel and "
                                        "otherwise carry nearly all of a mixed batch's loss; 1 gives every task the "
                                        "same loss when the model predicts no change (see training/balance.py).")
+    loss_group_column: str | None = _f(None, "Column whose values group the rows for --task-loss-balance instead of "
+                                              "their task, e.g. the true task of an ablation that gives every row "
+                                              "one task label (default: balance over the tasks).")
     timestep_bias_multiplier: float = _f(1.0, "Weight of the favoured timesteps relative to the others.")
     timestep_bias_portion: float = _f(0.25, "Fraction of the timesteps that is favoured, in (0, 1].")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
@@ -133,6 +136,9 @@ class TrainConfig:
                                  f"use {one_of(TIMESTEP_BIAS_STRATEGIES)}.")
         if not 0 <= self.task_loss_balance <= 1:
             raise MultiEditError(f"task_loss_balance={self.task_loss_balance} must be in [0, 1].")
+        if self.loss_group_column is not None and not self.task_loss_balance:
+            raise MultiEditError(f"loss_group_column={self.loss_group_column!r} only groups rows for the task loss "
+                                 "balance; set --task-loss-balance above 0 or drop --loss-group-column.")
         if not self.timestep_bias_multiplier > 0:
             raise MultiEditError(f"timestep_bias_multiplier={self.timestep_bias_multiplier} must be positive.")
         if not 0 < self.timestep_bias_portion <= 1:

@@ -84,6 +84,8 @@ class EditPairs(torch.utils.data.Dataset):
         self.ds = hf_dataset
         self.columns = columns
         self.task_ids = task_ids
+        # rows grouped for the task loss balance: by task unless build_dataset sets a --loss-group-column
+        self.group_ids, self.group_names = task_ids, None
         self.resolution = resolution
         self.random_flip = random_flip
         self.seed = seed
@@ -190,6 +192,22 @@ def task_ids_for(ds, cols: dict, task_names: list[str], default_task: str | None
     return ids
 
 
+def loss_groups(ds, column: str, source: str) -> tuple[list[int], list[str]]:
+    """(group id of every row, group names in sorted order) from ``column``; a missing column or an empty cell
+    fails with the flag or the row."""
+    if column not in ds.column_names:
+        raise MultiEditError(f"Dataset {source} has no column {column!r} for --loss-group-column "
+                             f"(columns: {ds.column_names}).")
+    values = ds[column]
+    for row, value in enumerate(values):
+        if value in (None, ""):
+            raise MultiEditError(f"Dataset {source}, row {row}: the --loss-group-column {column!r} is empty; give "
+                                 "every row a group.")
+    names = sorted({str(v) for v in values})
+    lookup = {n: i for i, n in enumerate(names)}
+    return [lookup[str(v)] for v in values], names
+
+
 def check_rows(dataset: EditPairs) -> None:
     """Decode every image and check every instruction before training starts (fail early, with the row)."""
     from tqdm.auto import tqdm
@@ -218,6 +236,8 @@ def build_dataset(cfg, task_names: list[str]) -> EditPairs:
         if isinstance(feat, datasets.Image):
             ds = ds.cast_column(cols[key], datasets.Image(decode=False))
     pairs = EditPairs(ds, cols, ids, cfg.resolution, cfg.random_flip, cfg.seed, augment=cfg.augment)
+    if cfg.loss_group_column is not None:
+        pairs.group_ids, pairs.group_names = loss_groups(ds, cfg.loss_group_column, cfg.dataset)
     check_rows(pairs)
     counts = {task_names[t]: ids.count(t) for t in sorted(set(ids))}
     log.info("dataset %s: %d rows; tasks %s", cfg.dataset, len(ds), counts)

@@ -154,6 +154,7 @@ def train(cfg: TrainConfig) -> Path:
                                                         if isinstance(v, (int, float, str, bool))})
 
     task_w = None
+    group_ids = torch.tensor(dataset.group_ids)  # a row's task, or its --loss-group-column group
     if cfg.task_loss_balance:
         kinds = sorted({loss_type_at(cfg, 0), loss_type_at(cfg, cfg.max_steps - 1)})
         task_w = task_loss_weights(cfg, pipe.task_names, dataset, encoder, cache, kinds,
@@ -175,6 +176,7 @@ def train(cfg: TrainConfig) -> Path:
             with accelerator.accumulate(unet):
                 g = step_generator(cfg.seed, state.step, accelerator.process_index, micro)
                 micro += 1
+                rows = batch if cache else batch["index"]
                 if cache:
                     target, cond = cache.encode(batch, epoch, g)
                 else:
@@ -184,7 +186,7 @@ def train(cfg: TrainConfig) -> Path:
                                       generator=g, task_tokens=task_tokens, residual=residual,
                                       scaling_factor=vae.config.scaling_factor, snr_gamma=cfg.snr_gamma,
                                       loss_type=kind, huber_c=cfg.huber_c, timestep_weights=t_weights,
-                                      sample_weights=task_w[kind][cond.task_ids.cpu()] if task_w else None,
+                                      sample_weights=task_w[kind][group_ids[rows]] if task_w else None,
                                       position_channels=position_channels)
                 if not torch.isfinite(accelerator.gather(loss.detach())).all():
                     last = checkpoint_dirs(out)
