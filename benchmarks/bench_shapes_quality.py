@@ -9,7 +9,8 @@ training and instructions from the held-out phrasings), it measures
 
 1. per task: L1 (mean absolute error, pixels in [0, 1]) and PSNR (dB) of the edit against the exact
    target, next to the identity edit (output = input); for region tasks also the mean change outside
-   the edited region (the edit's mask), where the target equals the source;
+   the edited region (the edit's mask), where the target equals the source; and split by operation for the
+   tasks that have several (local: recolour and rekind, global: night and fog, color: grayscale and invert);
 2. the model with the true task vs the task its classifier predicts, and (``--notask-model``) a model
    trained on the same data with one task label for every sample (Emu Edit Table 3 in miniature);
 3. (``--inversion``) task inversion on the held-out tasks mirror and sepia with 1, 10 and 100 examples,
@@ -101,18 +102,19 @@ def run_edits(pipe, rows, tasks, args, desc="edits") -> list[np.ndarray]:
     return outs
 
 
-def score(rows, outs) -> dict[str, dict]:
-    """Per-task means of the model's and the identity edit's metrics."""
+def score(rows, outs, key: str = "task") -> dict[str, dict]:
+    """Means of the model's and the identity edit's metrics per value of the rows' ``key`` (task, or op), with
+    their count ``n``."""
     by_task: dict[str, dict] = {}
     for row, out in zip(rows, outs):
         m, ident = metrics(out, row), metrics(arr(row["input_image"]), row)
-        d = by_task.setdefault(row["task"], {"l1": [], "psnr": [], "outside": [], "id_l1": [], "id_psnr": []})
+        d = by_task.setdefault(row[key], {"l1": [], "psnr": [], "outside": [], "id_l1": [], "id_psnr": []})
         d["l1"].append(m["l1"])
         d["psnr"].append(m["psnr"])
         d["outside"].append(m.get("outside"))
         d["id_l1"].append(ident["l1"])
         d["id_psnr"].append(ident["psnr"])
-    return {t: {k: mean(v) for k, v in d.items()} for t, d in by_task.items()}
+    return {t: {k: mean(v) for k, v in d.items()} | {"n": len(d["l1"])} for t, d in by_task.items()}
 
 
 def overall(table: dict) -> dict:
@@ -150,6 +152,8 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
         line += f" **{overall(seen)['l1']:.4f}** | |"
     lines.append(line)
     results = {"per_task": table, "overall": o}
+    lines += ["", *per_op_lines(rows, true_out)]
+    results["per_op"] = score(rows, true_out, key="op")
     if seen:
         results["training_wordings"] = {"per_task": seen, "overall": overall(seen)}
 
@@ -173,6 +177,23 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
     lines.append("| PSNR (dB) | " + " | ".join(f"{totals[n]['psnr']:.1f}" for n in names) + f" | {o['id_psnr']:.1f} |")
     results["conditioning"] = {n: {"overall": totals[n], "per_task": variants[n]} for n in names}
     return lines, results, true_out
+
+
+def per_op_lines(rows, outs) -> list[str]:
+    """Table 1 split by edit operation for the tasks that have several (local: recolour and rekind; global: night
+    and fog; color: grayscale and invert), so a task's row does not hide an operation it cannot do."""
+    from multiedit.datagen.shapes.edits import TASK_OPS
+
+    ops = score(rows, outs, key="op")
+    lines = ["Split by operation (tasks with several; the same edits):", "",
+             "| task | operation | edits | L1 model | L1 identity | beats identity |", "|---|---|---:|---:|---:|:---:|"]
+    for task, names in TASK_OPS.items():
+        for op in names if len(names) > 1 else ():
+            if op in ops:
+                r = ops[op]
+                lines.append(f"| {task} | {op} | {r['n']} | {r['l1']:.4f} | {r['id_l1']:.4f} | "
+                             f"{'yes' if r['l1'] < r['id_l1'] else 'no'} |")
+    return lines
 
 
 def part_classifier(pipe, rows):

@@ -551,3 +551,25 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert twin["loss_group_column"] == "true_task"  # balanced over the true tasks, as the model was
     flat = load_edit_dataset(str(tmp_path / "w" / "data-one-task"))
     assert set(flat["task"]) == {"local"} and set(flat["true_task"]) == set(TRAINED_TASKS)
+
+
+def test_benchmark_splits_a_task_by_operation_so_a_failing_operation_shows():
+    """The quality benchmark's per-operation table: local edits whose recolours are exact and whose rekinds are
+    left undone show recolour at L1 0 beating identity and rekind not, each with its own count."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_shapes_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_shapes_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.test_rows(["local", "remove"], 12)
+    outs = [bench.arr(r["edited_image"] if r["op"] == "recolour" else r["input_image"]) for r in rows]
+    ops = bench.score(rows, outs, key="op")
+    n = {op: sum(r["op"] == op for r in rows) for op in ("recolour", "rekind")}
+    assert min(n.values()) > 0 and ops["recolour"]["n"] == n["recolour"] and ops["rekind"]["n"] == n["rekind"]
+    assert ops["recolour"]["l1"] == 0 < ops["recolour"]["id_l1"] and ops["rekind"]["l1"] == ops["rekind"]["id_l1"]
+    table = bench.per_op_lines(rows, outs)
+    assert f"| local | recolour | {n['recolour']} | 0.0000 |" in "\n".join(table)
+    assert any(line.startswith("| local | rekind |") and line.endswith("| no |") for line in table)
+    assert not any("| remove |" in line for line in table)  # one operation: its row in table 1 says it all
