@@ -87,7 +87,8 @@ def mean(values):
 
 
 def run_edits(pipe, rows, tasks, args, desc="edits") -> list[np.ndarray]:
-    """Edit every row (``tasks``: one per row, or None for the classifier); (H, W, 3) arrays in [0, 1]."""
+    """Edit every row (``tasks``: one per row, or None for the classifier); (H, W, 3) arrays in [0, 1]. Row k starts
+    from the noise of seed ``args.seed + k``, so an edit does not depend on ``--batch`` or on its batch's rows."""
     import torch
     from tqdm.auto import tqdm
 
@@ -97,14 +98,15 @@ def run_edits(pipe, rows, tasks, args, desc="edits") -> list[np.ndarray]:
         task = None if tasks is None else tasks[start : start + args.batch]
         res = pipe([r["edit_prompt"] for r in chunk], [r["input_image"] for r in chunk], task=task,
                    num_inference_steps=args.steps, guidance_scale=args.guidance, image_guidance_scale=args.image_guidance,
-                   generator=torch.Generator().manual_seed(args.seed + start), output_type="np")
+                   generator=[torch.Generator().manual_seed(args.seed + start + i) for i in range(len(chunk))],
+                   output_type="np")
         outs += list(res.images.astype(np.float64))
     return outs
 
 
 def score(rows, outs, key: str = "task") -> dict[str, dict]:
     """Means of the model's and the identity edit's metrics per value of the rows' ``key`` (task, or op), with
-    their count ``n``."""
+    their count ``n`` and ``diff_se``, the standard error of the mean per-edit L1 difference (model − identity)."""
     by_task: dict[str, dict] = {}
     for row, out in zip(rows, outs):
         m, ident = metrics(out, row), metrics(arr(row["input_image"]), row)
@@ -114,7 +116,12 @@ def score(rows, outs, key: str = "task") -> dict[str, dict]:
         d["outside"].append(m.get("outside"))
         d["id_l1"].append(ident["l1"])
         d["id_psnr"].append(ident["psnr"])
-    return {t: {k: mean(v) for k, v in d.items()} | {"n": len(d["l1"])} for t, d in by_task.items()}
+    return {t: {k: mean(v) for k, v in d.items()} | {"n": len(d["l1"]), "diff_se": std_error(
+        np.subtract(d["l1"], d["id_l1"]))} for t, d in by_task.items()}
+
+
+def std_error(values) -> float:
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
 def overall(table: dict) -> dict:
@@ -132,22 +139,24 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
     lines = ["## 1. Per-task edit accuracy (test split)", "",
              f"{args.n} edits per task on test scenes with the held-out wordings; L1 = mean |edit − exact target| "
              "(pixels in [0, 1]); identity = output the input; outside = mean change outside the edited region "
-             "(region tasks; 0 is perfect)."
+             "(region tasks; 0 is perfect); difference = L1 model − L1 identity ± its standard error over the edits "
+             "(a difference within about two standard errors of 0 is a tie at this n)."
              + (" *Training wordings*: the same scenes and edits, worded with the training templates — it separates "
                 "editing from understanding new words (the toy's text encoder is random and frozen)." if seen else ""),
              "",
-             "| task | L1 model | L1 identity | PSNR model (dB) | PSNR identity (dB) | outside-region change | beats identity |"
-             + (" L1 model, training wordings | beats identity |" if seen else ""),
-             "|---|---:|---:|---:|---:|---:|:---:|" + ("---:|:---:|" if seen else "")]
+             "| task | L1 model | L1 identity | difference | PSNR model (dB) | PSNR identity (dB) | outside-region change "
+             "| beats identity |" + (" L1 model, training wordings | beats identity |" if seen else ""),
+             "|---|---:|---:|---:|---:|---:|---:|:---:|" + ("---:|:---:|" if seen else "")]
     for t, r in table.items():
         outside = f"{r['outside']:.4f}" if t in REGION_TASKS else "–"
-        line = (f"| {t} | {r['l1']:.4f} | {r['id_l1']:.4f} | {r['psnr']:.1f} | {r['id_psnr']:.1f} | {outside} | "
+        line = (f"| {t} | {r['l1']:.4f} | {r['id_l1']:.4f} | {r['l1'] - r['id_l1']:+.4f} ± {r['diff_se']:.4f} | "
+                f"{r['psnr']:.1f} | {r['id_psnr']:.1f} | {outside} | "
                 f"{'yes' if r['l1'] < r['id_l1'] else 'no'} |")
         if seen:
             line += f" {seen[t]['l1']:.4f} | {'yes' if seen[t]['l1'] < seen[t]['id_l1'] else 'no'} |"
         lines.append(line)
     o = overall(table)
-    line = f"| **all** | **{o['l1']:.4f}** | {o['id_l1']:.4f} | **{o['psnr']:.1f}** | {o['id_psnr']:.1f} | | |"
+    line = f"| **all** | **{o['l1']:.4f}** | {o['id_l1']:.4f} | | **{o['psnr']:.1f}** | {o['id_psnr']:.1f} | | |"
     if seen:
         line += f" **{overall(seen)['l1']:.4f}** | |"
     lines.append(line)
@@ -186,13 +195,14 @@ def per_op_lines(rows, outs) -> list[str]:
 
     ops = score(rows, outs, key="op")
     lines = ["Split by operation (tasks with several; the same edits):", "",
-             "| task | operation | edits | L1 model | L1 identity | beats identity |", "|---|---|---:|---:|---:|:---:|"]
+             "| task | operation | edits | L1 model | L1 identity | difference | beats identity |",
+             "|---|---|---:|---:|---:|---:|:---:|"]
     for task, names in TASK_OPS.items():
         for op in names if len(names) > 1 else ():
             if op in ops:
                 r = ops[op]
                 lines.append(f"| {task} | {op} | {r['n']} | {r['l1']:.4f} | {r['id_l1']:.4f} | "
-                             f"{'yes' if r['l1'] < r['id_l1'] else 'no'} |")
+                             f"{r['l1'] - r['id_l1']:+.4f} ± {r['diff_se']:.4f} | {'yes' if r['l1'] < r['id_l1'] else 'no'} |")
     return lines
 
 

@@ -571,5 +571,30 @@ def test_benchmark_splits_a_task_by_operation_so_a_failing_operation_shows():
     assert ops["recolour"]["l1"] == 0 < ops["recolour"]["id_l1"] and ops["rekind"]["l1"] == ops["rekind"]["id_l1"]
     table = bench.per_op_lines(rows, outs)
     assert f"| local | recolour | {n['recolour']} | 0.0000 |" in "\n".join(table)
+    assert ops["rekind"]["diff_se"] == 0 < ops["recolour"]["diff_se"]  # undone rekinds differ from identity by 0
     assert any(line.startswith("| local | rekind |") and line.endswith("| no |") for line in table)
     assert not any("| remove |" in line for line in table)  # one operation: its row in table 1 says it all
+
+
+def test_benchmark_edits_do_not_depend_on_the_batch():
+    """Each benchmark edit starts from its own row's noise: one batch of three and three batches of one give the
+    same images (a batch-wide generator gave row k other noise at another --batch, moving the scores)."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from multiedit.editing import default_model, load_pipeline
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_shapes_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_shapes_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pipe = load_pipeline(default_model())
+    pipe.set_progress_bar_config(disable=True)
+    rows = bench.test_rows(["add", "style", "color"], 1)
+    outs = {b: bench.run_edits(pipe, rows, [r["task"] for r in rows],
+                               SimpleNamespace(steps=3, guidance=1.5, image_guidance=1.0, batch=b, seed=5), f"batch {b}")
+            for b in (1, 3)}
+    for one, three in zip(outs[1], outs[3]):
+        np.testing.assert_allclose(one, three, atol=1e-4)  # batched matmuls round differently
+    assert not np.allclose(outs[1][0], bench.arr(rows[0]["input_image"]), atol=1e-3)  # it did edit
