@@ -120,8 +120,15 @@ def score(rows, outs, key: str = "task") -> dict[str, dict]:
         np.subtract(d["l1"], d["id_l1"]))} for t, d in by_task.items()}
 
 
-def std_error(values) -> float:
-    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+def std_error(values) -> float | None:
+    """The standard error of the mean of ``values``; None for fewer than two."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+
+
+def difference(r: dict) -> str:
+    """``L1 model − L1 identity ± its standard error`` of one score row."""
+    se = "–" if r["diff_se"] is None else f"{r['diff_se']:.4f}"
+    return f"{r['l1'] - r['id_l1']:+.4f} ± {se}"
 
 
 def overall(table: dict) -> dict:
@@ -144,12 +151,12 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
              + (" *Training wordings*: the same scenes and edits, worded with the training templates — it separates "
                 "editing from understanding new words (the toy's text encoder is random and frozen)." if seen else ""),
              "",
-             "| task | L1 model | L1 identity | difference | PSNR model (dB) | PSNR identity (dB) | outside-region change "
-             "| beats identity |" + (" L1 model, training wordings | beats identity |" if seen else ""),
+             "| task | L1 model | L1 identity | difference | PSNR model (dB) | PSNR identity (dB) "
+             "| outside-region change | beats identity |" + (" L1 model, training wordings | beats identity |" if seen else ""),
              "|---|---:|---:|---:|---:|---:|---:|:---:|" + ("---:|:---:|" if seen else "")]
     for t, r in table.items():
         outside = f"{r['outside']:.4f}" if t in REGION_TASKS else "–"
-        line = (f"| {t} | {r['l1']:.4f} | {r['id_l1']:.4f} | {r['l1'] - r['id_l1']:+.4f} ± {r['diff_se']:.4f} | "
+        line = (f"| {t} | {r['l1']:.4f} | {r['id_l1']:.4f} | {difference(r)} | "
                 f"{r['psnr']:.1f} | {r['id_psnr']:.1f} | {outside} | "
                 f"{'yes' if r['l1'] < r['id_l1'] else 'no'} |")
         if seen:
@@ -202,7 +209,7 @@ def per_op_lines(rows, outs) -> list[str]:
             if op in ops:
                 r = ops[op]
                 lines.append(f"| {task} | {op} | {r['n']} | {r['l1']:.4f} | {r['id_l1']:.4f} | "
-                             f"{r['l1'] - r['id_l1']:+.4f} ± {r['diff_se']:.4f} | {'yes' if r['l1'] < r['id_l1'] else 'no'} |")
+                             f"{difference(r)} | {'yes' if r['l1'] < r['id_l1'] else 'no'} |")
     return lines
 
 

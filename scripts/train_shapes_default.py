@@ -88,8 +88,9 @@ def one_task_copy(data: Path, flat: Path) -> Path:
 
     flat.mkdir(exist_ok=True)
     for shard in sorted(data.glob("*.parquet")):
-        if (flat / shard.name).is_file():
-            continue
+        done = flat / shard.name
+        if done.is_file() and "true_task" in pq.read_schema(done).names:
+            continue  # a copy made before the true_task column existed is made again
         table = pq.read_table(shard)
         i = table.schema.get_field_index("task")
         table = table.append_column("true_task", table.column(i))

@@ -592,8 +592,8 @@ def test_benchmark_edits_do_not_depend_on_the_batch():
     pipe = load_pipeline(default_model())
     pipe.set_progress_bar_config(disable=True)
     rows = bench.test_rows(["add", "style", "color"], 1)
-    outs = {b: bench.run_edits(pipe, rows, [r["task"] for r in rows],
-                               SimpleNamespace(steps=3, guidance=1.5, image_guidance=1.0, batch=b, seed=5), f"batch {b}")
+    settings = {"steps": 3, "guidance": 1.5, "image_guidance": 1.0, "seed": 5}
+    outs = {b: bench.run_edits(pipe, rows, [r["task"] for r in rows], SimpleNamespace(batch=b, **settings), "edits")
             for b in (1, 3)}
     for one, three in zip(outs[1], outs[3]):
         np.testing.assert_allclose(one, three, atol=1e-4)  # batched matmuls round differently

@@ -764,22 +764,25 @@ def test_loss_group_column_balances_rows_of_one_task_label_as_their_true_tasks(z
         return diffusion_loss(unet, sched, target, cond, **kwargs)
 
     monkeypatch.setattr(loop, "diffusion_loss", loss)
-    args = ["train", "--model", str(zoo("pipeline")), "--resolution", "32", "--max-steps", "3", "--batch-size", "3",
-            "--num-validation-samples", "0", "--report-to", "none", "--task-loss-balance", "1", "--cache-latents"]
-    for run, extra in (("tasks", ["--dataset", str(data)]),
-                       ("groups", ["--dataset", str(flat), "--loss-group-column", "true_task"])):
-        calls[run] = []
-        assert main(args + extra + ["--out", str(tmp_path / run)]) == 0, capsys.readouterr().err
-    add = MultiEditPipeline.from_pretrained(tmp_path / "groups").task_id("add")
-    assert len(calls["groups"]) == len(calls["tasks"]) == 3
-    for (true_ids, true_w), (ids, w) in zip(calls["tasks"], calls["groups"]):
-        assert (ids == add).all()  # one task input for every sample
-        torch.testing.assert_close(w, true_w)  # but each sample's weight is its true task's
-    assert any(len(set(w.tolist())) > 1 for _, w in calls["groups"])  # the weights did differ within a batch
+    base = ["train", "--model", str(zoo("pipeline")), "--resolution", "32", "--max-steps", "3", "--batch-size", "3",
+            "--num-validation-samples", "0", "--report-to", "none"]
+    args = base + ["--task-loss-balance", "1", "--cache-latents"]
+    for cached in (True, False):  # the loader yields row indices with the latent cache, dicts without it
+        extra = [] if cached else ["--no-cache-latents"]
+        for run, more in (("tasks", ["--dataset", str(data)]),
+                          ("groups", ["--dataset", str(flat), "--loss-group-column", "true_task"])):
+            calls[run] = []
+            out = tmp_path / f"{run}-{cached}"
+            assert main(args + extra + more + ["--out", str(out)]) == 0, capsys.readouterr().err
+        add = MultiEditPipeline.from_pretrained(out).task_id("add")
+        assert len(calls["groups"]) == len(calls["tasks"]) == 3
+        for (true_ids, true_w), (ids, w) in zip(calls["tasks"], calls["groups"]):
+            assert (ids == add).all()  # one task input for every sample
+            torch.testing.assert_close(w, true_w)  # but each sample's weight is its true task's
+        assert any(len(set(w.tolist())) > 1 for _, w in calls["groups"])  # the weights did differ within a batch
     assert main(args + ["--dataset", str(flat), "--loss-group-column", "kind", "--out", str(tmp_path / "x")]) != 0
     err = capsys.readouterr().err
     assert "has no column 'kind' for --loss-group-column" in err and "Traceback" not in err
-    bad = [a for a in args if a not in ("--task-loss-balance", "1")]
-    assert main(bad + ["--dataset", str(flat), "--loss-group-column", "true_task", "--out", str(tmp_path / "y")]) != 0
+    assert main(base + ["--dataset", str(flat), "--loss-group-column", "true_task", "--out", str(tmp_path / "y")]) != 0
     err = capsys.readouterr().err
     assert "set --task-loss-balance above 0 or drop --loss-group-column" in err and "Traceback" not in err

@@ -176,7 +176,7 @@ def train(cfg: TrainConfig) -> Path:
             with accelerator.accumulate(unet):
                 g = step_generator(cfg.seed, state.step, accelerator.process_index, micro)
                 micro += 1
-                rows = batch if cache else batch["index"]
+                rows = (batch if cache else batch["index"]).cpu()  # the loader moved it to the device
                 if cache:
                     target, cond = cache.encode(batch, epoch, g)
                 else:
