@@ -152,7 +152,8 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
                 "editing from understanding new words (the toy's text encoder is random and frozen)." if seen else ""),
              "",
              "| task | L1 model | L1 identity | difference | PSNR model (dB) | PSNR identity (dB) "
-             "| outside-region change | beats identity |" + (" L1 model, training wordings | beats identity |" if seen else ""),
+             "| outside-region change | beats identity |"
+             + (" L1 model, training wordings | beats identity |" if seen else ""),
              "|---|---:|---:|---:|---:|---:|---:|:---:|" + ("---:|:---:|" if seen else "")]
     for t, r in table.items():
         outside = f"{r['outside']:.4f}" if t in REGION_TASKS else "–"
@@ -168,8 +169,8 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
         line += f" **{overall(seen)['l1']:.4f}** | |"
     lines.append(line)
     results = {"per_task": table, "overall": o}
-    lines += ["", *per_op_lines(rows, true_out)]
     results["per_op"] = score(rows, true_out, key="op")
+    lines += ["", *per_op_lines(results["per_op"])]
     if seen:
         results["training_wordings"] = {"per_task": seen, "overall": overall(seen)}
 
@@ -195,12 +196,12 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
     return lines, results, true_out
 
 
-def per_op_lines(rows, outs) -> list[str]:
-    """Table 1 split by edit operation for the tasks that have several (local: recolour and rekind; global: night
-    and fog; color: grayscale and invert), so a task's row does not hide an operation it cannot do."""
+def per_op_lines(ops: dict[str, dict]) -> list[str]:
+    """Table 1 split by edit operation (``ops``: ``score(..., key="op")``) for the tasks that have several (local:
+    recolour and rekind; global: night and fog; color: grayscale and invert), so a task's row does not hide an
+    operation it cannot do."""
     from multiedit.datagen.shapes.edits import TASK_OPS
 
-    ops = score(rows, outs, key="op")
     lines = ["Split by operation (tasks with several; the same edits):", "",
              "| task | operation | edits | L1 model | L1 identity | difference | beats identity |",
              "|---|---|---:|---:|---:|---:|:---:|"]

@@ -97,7 +97,7 @@ def one_task_copy(data: Path, flat: Path) -> Path:
         table = table.set_column(i, "task", pa.array(["local"] * table.num_rows))
         tmp = flat / f".{shard.name}.tmp"
         pq.write_table(table, tmp)
-        tmp.replace(flat / shard.name)
+        tmp.replace(done)
     return flat
 
 

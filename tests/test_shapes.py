@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,15 @@ import pytest
 from multiedit.datagen.shapes import edits, phrasings, world
 from multiedit.datagen.shapes.edits import EditSpec, apply_edit, sample_edit
 from multiedit.datagen.shapes.world import BACKGROUNDS, COLOURS, POSITIONS, Scene, Shape, render
+
+
+def load_repo_module(relpath: str):
+    """A script or benchmark of this repository (not a package), imported from its file."""
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def scenes(n=40, seed=0):
@@ -484,9 +495,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     """``scripts/train_shapes_default.py`` at toy size: dataset, preset, training, classifier, one saved pipeline
     with the settings and the time of each stage; a rerun resumes rather than redoing the finished work. The
     ``--no-task-embedding`` twin trains on one task label with the loss still balanced over the true tasks."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     import torch
     from safetensors.torch import load_file
@@ -495,10 +504,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     from multiedit.pipeline import MultiEditPipeline
     from multiedit.training.data import load_edit_dataset
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_default.py"
-    spec = importlib.util.spec_from_file_location("train_shapes_default", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_repo_module("scripts/train_shapes_default.py")
     args = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "model"), "--per-task", "2", "--max-steps", "2",
             "--batch-size", "4", "--classifier-epochs", "1", "--huber-c", "0.2",
             "--l2-warmup-steps", "1", "--pooled-text", "--timestep-bias-strategy", "later",
@@ -556,20 +562,14 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
 def test_benchmark_splits_a_task_by_operation_so_a_failing_operation_shows():
     """The quality benchmark's per-operation table: local edits whose recolours are exact and whose rekinds are
     left undone show recolour at L1 0 beating identity and rekind not, each with its own count."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_shapes_quality.py"
-    spec = importlib.util.spec_from_file_location("bench_shapes_quality", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_repo_module("benchmarks/bench_shapes_quality.py")
     rows = bench.test_rows(["local", "remove"], 12)
     outs = [bench.arr(r["edited_image"] if r["op"] == "recolour" else r["input_image"]) for r in rows]
     ops = bench.score(rows, outs, key="op")
     n = {op: sum(r["op"] == op for r in rows) for op in ("recolour", "rekind")}
     assert min(n.values()) > 0 and ops["recolour"]["n"] == n["recolour"] and ops["rekind"]["n"] == n["rekind"]
     assert ops["recolour"]["l1"] == 0 < ops["recolour"]["id_l1"] and ops["rekind"]["l1"] == ops["rekind"]["id_l1"]
-    table = bench.per_op_lines(rows, outs)
+    table = bench.per_op_lines(ops)
     assert f"| local | recolour | {n['recolour']} | 0.0000 |" in "\n".join(table)
     assert ops["rekind"]["diff_se"] == 0 < ops["recolour"]["diff_se"]  # undone rekinds differ from identity by 0
     assert any(line.startswith("| local | rekind |") and line.endswith("| no |") for line in table)
@@ -579,16 +579,11 @@ def test_benchmark_splits_a_task_by_operation_so_a_failing_operation_shows():
 def test_benchmark_edits_do_not_depend_on_the_batch():
     """Each benchmark edit starts from its own row's noise: one batch of three and three batches of one give the
     same images (a batch-wide generator gave row k other noise at another --batch, moving the scores)."""
-    import importlib.util
-    from pathlib import Path
     from types import SimpleNamespace
 
     from multiedit.editing import default_model, load_pipeline
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_shapes_quality.py"
-    spec = importlib.util.spec_from_file_location("bench_shapes_quality", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_repo_module("benchmarks/bench_shapes_quality.py")
     pipe = load_pipeline(default_model())
     pipe.set_progress_bar_config(disable=True)
     rows = bench.test_rows(["add", "style", "color"], 1)
