@@ -264,6 +264,8 @@ def test_bad_shapes_flags_are_refused_before_anything_is_written(tmp_path, capsy
         assert message in err and "Traceback" not in err, err
         assert not out.exists(), extra  # no shapes.json to refuse the corrected rerun
     assert "the shapes backend generates its own scenes" in err
+    assert main(["-v"] + base + ["--task", "add", "--llm", "vllm"]) == 2  # a top-level option before the verb
+    assert "--llm has no effect" in capsys.readouterr().err and not out.exists()
     with pytest.raises(MultiEditError, match="--size 0"):
         write_shapes_dataset(out, ["add"], 1, size=0)
     with pytest.raises(MultiEditError, match="split='val'"):

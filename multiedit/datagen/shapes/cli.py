@@ -38,7 +38,8 @@ def run_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from .dataset import write_shapes_dataset
     from .edits import ALL_TASK_OPS, TRAINED_TASKS
 
-    typed = typed_dests(parser, getattr(args, "argv", None) or [])
+    argv = getattr(args, "argv", None) or []
+    typed = typed_dests(parser, argv[argv.index(args.verb) + 1:] if args.verb in argv else [])
     given = [flag for flag, dest in sd_backend_flags(parser)
              if dest in typed or getattr(args, dest, None) != parser.get_default(dest)]
     if given:
@@ -66,17 +67,10 @@ def sd_backend_flags(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
 
 
 def typed_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """The dests of ``parser``'s options that appear in ``argv``: exactly, as ``--flag=value``, or abbreviated to an
-    unambiguous prefix (as argparse reads them). Tokens after ``--`` are values."""
-    by_option = {opt: a.dest for a in parser._actions for opt in a.option_strings}
-    typed = set()
-    for token in argv:
-        if token == "--":
-            break
-        if not token.startswith("--"):
-            continue
-        name = token.split("=", 1)[0]
-        matches = [name] if name in by_option else [o for o in by_option if o.startswith(name)]
-        if len(matches) == 1:
-            typed.add(by_option[matches[0]])
-    return typed
+    """The dests of ``parser``'s options that ``argv`` (the tokens after the verb) sets, as argparse itself reads them
+    (``--flag=value``, an unambiguous prefix, values after ``--``). argparse fills in a default only where the namespace
+    lacks the dest, so every dest starts out holding a marker and the ones that lose it were typed."""
+    marker = object()
+    namespace = argparse.Namespace(**{a.dest: marker for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_known_args(argv, namespace=namespace)
+    return {dest for dest, value in vars(namespace).items() if value is not marker}
