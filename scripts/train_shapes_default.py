@@ -59,7 +59,8 @@ TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 COMMITTED = {"loss_type": "l1", "lr_scheduler": "constant", "lr_warmup_steps": 0, "use_ema": False,
              "l2_warmup_steps": 24000, "task_loss_balance": 1.0}
 PASSED_THROUGH = ("loss_type", "lr_scheduler", "lr_warmup_steps", "use_ema", "snr_gamma", "huber_c", "l2_warmup_steps",
-                  "timestep_bias_strategy", "timestep_bias_multiplier", "timestep_bias_portion", "task_loss_balance")
+                  "timestep_bias_strategy", "timestep_bias_multiplier", "timestep_bias_portion", "task_loss_balance",
+                  "torch_compile")
 
 
 def instruction_rows(dataset_dir: Path, out: Path, per_task: int, seed: int) -> Path:

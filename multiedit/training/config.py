@@ -95,6 +95,9 @@ class TrainConfig:
     timestep_bias_portion: float = _f(0.25, "Fraction of the timesteps that is favoured, in (0, 1].")
     mixed_precision: str = _f("no", "accelerate mixed precision.", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade compute for memory in the UNet.")
+    torch_compile: bool = _f(False, "Run the UNet's training forward and backward through torch.compile (inductor); "
+                                    "the weights, checkpoints and exported model are the plain module's, so a run "
+                                    "may resume with or without it. Compiling takes a minute or so up front.")
     use_ema: bool = _f(False, "Keep an EMA of the trained weights; the saved pipeline uses it.")
     ema_decay: float = _f(0.9999, "EMA decay.")
     cache_latents: bool = _f(False, "Encode images and instructions once (frozen VAE/text encoder) instead of every step.")

@@ -130,6 +130,8 @@ def train(cfg: TrainConfig) -> Path:
         num_training_steps=cfg.max_steps * accelerator.num_processes,
     )
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    # only the loss's forward is compiled; it shares the parameters, and everything saved or exported reads `unet`
+    forward = torch.compile(unet) if cfg.torch_compile else unet
     state = TrainState()  # with the EMA and the task tokens (trained outside prepare): save_extra_state
     if ema is not None:
         ema.to(device)
@@ -182,7 +184,7 @@ def train(cfg: TrainConfig) -> Path:
                 else:
                     target, cond = encoder.encode(batch, g)
                 kind = loss_type_at(cfg, state.step)
-                loss = diffusion_loss(unet, noise_scheduler, target.float(), cond, dropout=cfg.conditioning_dropout,
+                loss = diffusion_loss(forward, noise_scheduler, target.float(), cond, dropout=cfg.conditioning_dropout,
                                       generator=g, task_tokens=task_tokens, residual=residual,
                                       scaling_factor=vae.config.scaling_factor, snr_gamma=cfg.snr_gamma,
                                       loss_type=kind, huber_c=cfg.huber_c, timestep_weights=t_weights,
