@@ -236,6 +236,26 @@ def test_datagen_verb_with_the_shapes_backend_writes_and_resumes(tmp_path, capsy
     assert len(load_edit_dataset(str(out))) == 4
 
 
+def test_typed_dests_reads_every_kind_of_option_as_argparse_does():
+    import argparse
+
+    from multiedit.datagen.shapes.cli import typed_dests
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="m")
+    p.add_argument("--fast", action="store_true")
+    p.add_argument("--tag", action="append")
+    p.add_argument("--extra", action="append", default=["x"])
+    p.add_argument("--words", action="extend", nargs="+")
+    p.add_argument("-q", action="count", default=0)
+    p.add_argument("--mark", action="append_const", const=1)
+    assert typed_dests(p, []) == set()
+    assert typed_dests(p, ["--model", "m", "--fast"]) == {"model", "fast"}  # at its default value: still typed
+    assert typed_dests(p, ["--mod=n", "--tag", "a", "--extra", "y"]) == {"model", "tag", "extra"}  # prefix, =
+    assert typed_dests(p, ["--words", "a", "b", "-qq", "--mark"]) == {"words", "q", "mark"}
+    assert p.get_default("extra") == ["x"]  # the parser's own default is not appended to
+
+
 def test_bad_shapes_flags_are_refused_before_anything_is_written(tmp_path, capsys):
     from multiedit.cli import main
     from multiedit.datagen.shapes import write_shapes_dataset

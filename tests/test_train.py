@@ -800,20 +800,39 @@ def test_torch_compile_trains_the_weights_of_the_eager_run_and_resumes_either_wa
         return loss
 
     monkeypatch.setattr(loop, "diffusion_loss", recording_loss)
-    common = dict(max_steps=3, checkpointing_steps=10, cache_latents=True, cache_variants=1)
+    common = {"max_steps": 3, "checkpointing_steps": 10, "cache_latents": True, "cache_variants": 1}
     train(cfg(zoo, data, tmp_path / "eager", **common))
-    train(cfg(zoo, data, tmp_path / "compiled", torch_compile=True, stop_after_steps=2, **common))
-    train(cfg(zoo, data, tmp_path / "compiled", resume="latest", **common))  # the last step eager, from its checkpoint
-    eager_calls, compiled_calls = calls[:3], calls[3:]
-    assert [kind for kind, _ in compiled_calls] == ["OptimizedModule"] * 2 + ["UNet2DConditionModel"]
+    # compiled, then eager from its checkpoint, then compiled again from the eager one, which exports
+    train(cfg(zoo, data, tmp_path / "mixed", torch_compile=True, stop_after_steps=1, **common))
+    train(cfg(zoo, data, tmp_path / "mixed", resume="latest", stop_after_steps=2, **common))
+    train(cfg(zoo, data, tmp_path / "mixed", resume="latest", torch_compile=True, **common))
+    eager_calls, mixed_calls = calls[:3], calls[3:]
+    assert [kind for kind, _ in mixed_calls] == ["OptimizedModule", "UNet2DConditionModel", "OptimizedModule"]
     assert {kind for kind, _ in eager_calls} == {"UNet2DConditionModel"}
-    assert np.allclose([v for _, v in eager_calls], [v for _, v in compiled_calls], rtol=1e-4, atol=1e-6)
-    eager, compiled = unet_weights(tmp_path / "eager"), unet_weights(tmp_path / "compiled")
+    assert np.allclose([v for _, v in eager_calls], [v for _, v in mixed_calls], rtol=1e-4, atol=1e-6)
+    eager, mixed = unet_weights(tmp_path / "eager"), unet_weights(tmp_path / "mixed")
     base = unet_weights(zoo("pipeline"))
-    assert eager.keys() == compiled.keys()
+    assert eager.keys() == mixed.keys() == base.keys()  # the plain module's names, no compiled wrapper's
     flat = {name: torch.cat([w[k].flatten() for k in sorted(eager)]) for name, w in
-            (("eager", eager), ("compiled", compiled), ("base", base))}
+            (("eager", eager), ("mixed", mixed), ("base", base))}
     # Adam turns rounding noise in a gradient that is 0 in exact arithmetic (a conv bias before a one-channel
     # group norm) into a full step, so the weights are compared as a whole: 0.2% of the update here
     update = (flat["eager"] - flat["base"]).norm()
-    assert update > 0 and (flat["eager"] - flat["compiled"]).norm() < 0.01 * update
+    assert update > 0 and (flat["eager"] - flat["mixed"]).norm() < 0.01 * update
+
+
+def test_cli_explains_a_failed_compile_without_a_traceback(zoo, data, tmp_path, capsys, monkeypatch):
+    def failing_compile(module, **kwargs):
+        def run(*args, **kw):
+            raise torch._dynamo.exc.BackendCompilerFailed(run, RuntimeError("no C++ compiler found"), None)
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    args = ["train", "--model", str(zoo("pipeline")), "--dataset", str(data), "--resolution", "32", "--out",
+            str(tmp_path / "out"), "--max-steps", "1", "--batch-size", "2", "--num-validation-samples", "0",
+            "--report-to", "none"]
+    assert main(args + ["--torch-compile"]) == 2
+    err = capsys.readouterr().err
+    assert "--torch-compile could not compile the UNet" in err and "no C++ compiler found" in err
+    assert "Traceback" not in err and not (tmp_path / "out" / "model_index.json").exists()
+    assert main(args) == 0  # the advice works: the same run without the flag

@@ -13,12 +13,13 @@ import logging
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import MultiEditError
+from ..errors import MultiEditError, brief
 from ..io_utils import check_output_path
 from .balance import task_loss_weights
 from .config import TrainConfig
@@ -66,6 +67,21 @@ def loss_type_at(cfg: TrainConfig, step: int) -> str:
     return "l2" if step < cfg.l2_warmup_steps else cfg.loss_type
 
 
+@contextmanager
+def compile_errors_explained(compiling: bool):
+    """With ``--torch-compile``, a failure to compile (raised at the first step that runs the graph, e.g. no C++
+    compiler for inductor) becomes one sentence instead of a traceback."""
+    if not compiling:
+        yield
+        return
+    try:
+        yield
+    except torch._dynamo.exc.TorchDynamoException as exc:
+        cause = getattr(exc, "inner_exception", None) or exc  # a backend's failure wraps the real error
+        raise MultiEditError(f"--torch-compile could not compile the UNet ({brief(cause)}); train without "
+                             "--torch-compile.") from None
+
+
 def step_generator(seed: int, step: int, process: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + process) * 101 + micro)
 
@@ -95,6 +111,10 @@ def train(cfg: TrainConfig) -> Path:
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     device = accelerator.device
+    dynamo_backend = accelerator.state.dynamo_plugin.backend.value
+    if cfg.torch_compile and dynamo_backend != "NO":
+        raise MultiEditError(f"--torch-compile and accelerate's dynamo_backend ({dynamo_backend}) would both compile "
+                             "the UNet; drop --torch-compile or set dynamo_backend to no.")
 
     # 1. Model: frozen VAE and text encoder, trainable UNet parts per train_mode
     pipe = load_model(cfg)
@@ -175,7 +195,7 @@ def train(cfg: TrainConfig) -> Path:
         epoch_loader = accelerator.skip_first_batches(loader, skip * cfg.gradient_accumulation_steps) if skip else loader
         micro = 0
         for batch in epoch_loader:
-            with accelerator.accumulate(unet):
+            with accelerator.accumulate(unet), compile_errors_explained(cfg.torch_compile):
                 g = step_generator(cfg.seed, state.step, accelerator.process_index, micro)
                 micro += 1
                 rows = (batch if cache else batch["index"]).cpu()  # the loader moved it to the device

@@ -8,6 +8,7 @@ format as the Stable Diffusion backend, so ``train``, ``invert-task`` and ``clas
 from __future__ import annotations
 
 import argparse
+import copy
 
 from .world import MAX_SIZE, MIN_SIZE, SIZE
 
@@ -69,8 +70,11 @@ def sd_backend_flags(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
 def typed_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """The dests of ``parser``'s options that ``argv`` (the tokens after the verb) sets, as argparse itself reads them
     (``--flag=value``, an unambiguous prefix, values after ``--``). argparse fills in a default only where the namespace
-    lacks the dest, so every dest starts out holding a marker and the ones that lose it were typed."""
-    marker = object()
-    namespace = argparse.Namespace(**{a.dest: marker for a in parser._actions if a.dest != argparse.SUPPRESS})
+    lacks the dest, so every dest starts out holding an object of its own, and the ones that no longer hold it were
+    typed. An option that adds to its value (append, extend, count) starts from a copy of its default instead."""
+    accumulating = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction)
+    start = {a.dest: copy.copy(a.default) if isinstance(a, accumulating) else object()
+             for a in parser._actions if a.dest != argparse.SUPPRESS}
+    namespace = argparse.Namespace(**start)
     parser.parse_known_args(argv, namespace=namespace)
-    return {dest for dest, value in vars(namespace).items() if value is not marker}
+    return {dest for dest, value in vars(namespace).items() if dest in start and value is not start[dest]}
