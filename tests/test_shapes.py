@@ -237,8 +237,6 @@ def test_datagen_verb_with_the_shapes_backend_writes_and_resumes(tmp_path, capsy
 
 
 def test_typed_dests_reads_every_kind_of_option_as_argparse_does():
-    import argparse
-
     from multiedit.datagen.shapes.cli import typed_dests
 
     p = argparse.ArgumentParser()
