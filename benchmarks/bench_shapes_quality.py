@@ -175,12 +175,14 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
         results["training_wordings"] = {"per_task": seen, "overall": overall(seen)}
 
     # Part 2: the same rows with the classifier's task, and with a model trained without task information.
-    variants = {"true task": table}
+    variant_outs = {"true task": true_out}
     if pipe.task_classifier is not None:
-        variants["classifier's task"] = score(rows, run_edits(pipe, rows, None, args, "classifier's task"))
+        variant_outs["classifier's task"] = run_edits(pipe, rows, None, args, "classifier's task")
     if notask_pipe is not None:  # trained with one label ("local") for every sample: the table carries nothing
-        variants["no task embedding"] = score(rows, run_edits(notask_pipe, rows, ["local"] * len(rows), args,
-                                                                 "no task embedding"))
+        variant_outs["no task embedding"] = run_edits(notask_pipe, rows, ["local"] * len(rows), args,
+                                                      "no task embedding")
+    variants = {n: score(rows, outs) for n, outs in variant_outs.items()}
+    variant_ops = {n: score(rows, outs, key="op") for n, outs in variant_outs.items()}
     names = list(variants)
     lines += ["", "## 2. Task conditioning (Emu Edit Table 3 in miniature)", "",
               "L1 per task (lower is better). *no task embedding*: the same architecture, data and steps, every "
@@ -192,25 +194,47 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
     totals = {n: overall(v) for n, v in variants.items()}
     lines.append("| **all** | " + " | ".join(f"**{totals[n]['l1']:.4f}**" for n in names) + f" | {o['id_l1']:.4f} |")
     lines.append("| PSNR (dB) | " + " | ".join(f"{totals[n]['psnr']:.1f}" for n in names) + f" | {o['id_psnr']:.1f} |")
-    results["conditioning"] = {n: {"overall": totals[n], "per_task": variants[n]} for n in names}
+    lines += ["", *variant_op_lines(variant_ops)]
+    results["conditioning"] = {n: {"overall": totals[n], "per_task": variants[n], "per_op": variant_ops[n]}
+                               for n in names}
     return lines, results, true_out
+
+
+def split_ops():
+    """(task, operation) for the tasks with several operations, in the task table's order."""
+    from multiedit.datagen.shapes.edits import TASK_OPS
+
+    return [(task, op) for task, names in TASK_OPS.items() if len(names) > 1 for op in names]
+
+
+def variant_op_lines(variant_ops: dict[str, dict[str, dict]]) -> list[str]:
+    """Part 2 split by operation: L1 of each conditioning variant (``score(..., key="op")`` per variant) on the
+    operations of the tasks that have several, so a task label that picks the wrong one of its operations shows."""
+    names = list(variant_ops)
+    first = variant_ops[names[0]]
+    lines = ["Split by operation (L1; tasks with several):", "",
+             "| task | operation | edits | " + " | ".join(names) + " | identity |",
+             "|---|---|---:|" + "---:|" * (len(names) + 1)]
+    for task, op in split_ops():
+        if op in first:
+            lines.append(f"| {task} | {op} | {first[op]['n']} | "
+                         + " | ".join(f"{variant_ops[n][op]['l1']:.4f}" for n in names)
+                         + f" | {first[op]['id_l1']:.4f} |")
+    return lines
 
 
 def per_op_lines(ops: dict[str, dict]) -> list[str]:
     """Table 1 split by edit operation (``ops``: ``score(..., key="op")``) for the tasks that have several (local:
     recolour and rekind; global: night and fog; color: grayscale and invert), so a task's row does not hide an
     operation it cannot do."""
-    from multiedit.datagen.shapes.edits import TASK_OPS
-
     lines = ["Split by operation (tasks with several; the same edits):", "",
              "| task | operation | edits | L1 model | L1 identity | difference | beats identity |",
              "|---|---|---:|---:|---:|---:|:---:|"]
-    for task, names in TASK_OPS.items():
-        for op in names if len(names) > 1 else ():
-            if op in ops:
-                r = ops[op]
-                lines.append(f"| {task} | {op} | {r['n']} | {r['l1']:.4f} | {r['id_l1']:.4f} | "
-                             f"{difference(r)} | {'yes' if r['l1'] < r['id_l1'] else 'no'} |")
+    for task, op in split_ops():
+        if op in ops:
+            r = ops[op]
+            lines.append(f"| {task} | {op} | {r['n']} | {r['l1']:.4f} | {r['id_l1']:.4f} | "
+                         f"{difference(r)} | {'yes' if r['l1'] < r['id_l1'] else 'no'} |")
     return lines
 
 

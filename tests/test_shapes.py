@@ -594,6 +594,12 @@ def test_benchmark_splits_a_task_by_operation_so_a_failing_operation_shows():
     assert ops["rekind"]["diff_se"] == 0 < ops["recolour"]["diff_se"]  # undone rekinds differ from identity by 0
     assert any(line.startswith("| local | rekind |") and line.endswith("| no |") for line in table)
     assert not any("| remove |" in line for line in table)  # one operation: its row in table 1 says it all
+    undone = bench.score(rows, [bench.arr(r["input_image"]) for r in rows], key="op")  # a variant that edits nothing
+    split = "\n".join(bench.variant_op_lines({"true task": ops, "no task embedding": undone}))
+    assert "| task | operation | edits | true task | no task embedding | identity |" in split
+    recolour_identity = f"{ops['recolour']['id_l1']:.4f}"
+    assert f"| local | recolour | {n['recolour']} | 0.0000 | {recolour_identity} | {recolour_identity} |" in split
+    assert "| remove |" not in split
 
 
 def test_benchmark_edits_do_not_depend_on_the_batch():
