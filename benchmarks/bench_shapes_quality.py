@@ -175,14 +175,15 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
         results["training_wordings"] = {"per_task": seen, "overall": overall(seen)}
 
     # Part 2: the same rows with the classifier's task, and with a model trained without task information.
-    variant_outs = {"true task": true_out}
+    variants, variant_ops = {"true task": table}, {"true task": results["per_op"]}  # part 1's scores
+    other_outs = {}
     if pipe.task_classifier is not None:
-        variant_outs["classifier's task"] = run_edits(pipe, rows, None, args, "classifier's task")
+        other_outs["classifier's task"] = run_edits(pipe, rows, None, args, "classifier's task")
     if notask_pipe is not None:  # trained with one label ("local") for every sample: the table carries nothing
-        variant_outs["no task embedding"] = run_edits(notask_pipe, rows, ["local"] * len(rows), args,
-                                                      "no task embedding")
-    variants = {n: score(rows, outs) for n, outs in variant_outs.items()}
-    variant_ops = {n: score(rows, outs, key="op") for n, outs in variant_outs.items()}
+        other_outs["no task embedding"] = run_edits(notask_pipe, rows, ["local"] * len(rows), args,
+                                                    "no task embedding")
+    for n, outs in other_outs.items():
+        variants[n], variant_ops[n] = score(rows, outs), score(rows, outs, key="op")
     names = list(variants)
     lines += ["", "## 2. Task conditioning (Emu Edit Table 3 in miniature)", "",
               "L1 per task (lower is better). *no task embedding*: the same architecture, data and steps, every "
