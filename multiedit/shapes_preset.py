@@ -45,9 +45,10 @@ RESOLUTION = 64
 LATENT_CHANNELS = 4  # colour in channels 0-2; channel 3 is always 0
 
 
-def build_shapes_text_encoder(seed: int = 0, text_layers: int = 2):
+def build_shapes_text_encoder(seed: int = 0, text_layers: int = 2, text_positions: bool = True):
     """The preset's ``(tokenizer, text_encoder)``: a locally trained CLIP tokenizer and a random, frozen CLIP text
-    model of ``text_layers`` layers (see :func:`build_shapes_components`), seeded by ``seed``."""
+    model of ``text_layers`` layers (see :func:`build_shapes_components`), seeded by ``seed``; without
+    ``text_positions`` its position embedding table is zero."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from .testing.tokenizers import build_clip_tokenizer
@@ -59,11 +60,19 @@ def build_shapes_text_encoder(seed: int = 0, text_layers: int = 2):
         hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=text_layers,
         vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
     )).eval()
+    if not text_positions:
+        with torch.no_grad():
+            position_table(text_encoder).zero_()
     return tokenizer, text_encoder
 
 
+def position_table(text_encoder) -> torch.Tensor:
+    """The CLIP text model's position embedding weights, (max_position_embeddings, hidden_size)."""
+    return next(m.weight for name, m in text_encoder.named_modules() if name.endswith("position_embedding"))
+
+
 def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_channels: int = 0,
-                            text_layers: int = 2) -> dict:
+                            text_layers: int = 2, text_positions: bool = True) -> dict:
     """Untrained ``vae``, ``text_encoder``, ``tokenizer``, ``unet`` and ``scheduler`` of the preset.
 
     ``pooled_text`` also feeds the instruction to every ResNet block, at every resolution: diffusers'
@@ -82,13 +91,21 @@ def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_c
     at the same position, and the UNet's attention can key on it. With layers, random attention mixes each word
     with its sentence, so a held-out wording looks like whichever training sentence has its shape
     (``benchmarks/probe_text_depth.py``).
+
+    ``text_positions=False`` zeroes the text encoder's position embedding table: with no layers each state is
+    then its word's alone, the same wherever the word stands. With it, CLIP's random position embedding is as
+    large as the word's (cosine 0.50 between one word's states at two positions, 0.47 between two words at one
+    position), and where "top left" stands depends on the words before it ("yellow" is three tokens of the
+    toy vocabulary, "red" one). On add alone (3,600 steps) it took the added shape's centre into the named cell
+    from 15% to 44% of the test edits (docs/shapesworld-experiments.md). Word order is then lost, but the scene
+    tells "make the red circle blue" from "make the blue circle red": only one of them names a shape it has.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     from .task_unet import add_task_table
     from .tasks import list_tasks
 
-    tokenizer, text_encoder = build_shapes_text_encoder(seed, text_layers)
+    tokenizer, text_encoder = build_shapes_text_encoder(seed, text_layers, text_positions)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=[8], layers_per_block=1,
@@ -166,19 +183,20 @@ def reconstruction_error(vae, images: torch.Tensor) -> float:
 
 
 def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0, pooled_text: bool = False,
-                          task_token: bool = False, position_channels: int = 0, text_layers: int = 2):
+                          task_token: bool = False, position_channels: int = 0, text_layers: int = 2,
+                          text_positions: bool = True):
     """The untrained preset pipeline (its autoencoder exact by construction); saved to ``out`` when given.
     ``pooled_text``: see :func:`build_shapes_components`. ``task_token`` adds a
     :class:`~multiedit.task_unet.TaskTokenEmbedding` (the task also as one more cross-attention token, Emu Edit
     §3.2; rows start at zero). ``position_channels`` appends that many coordinate channels to the UNet input
-    (``multiedit.position_code``; e.g. 16, so that the UNet can tell where "the top left" is). ``text_layers``: see
-    :func:`build_shapes_components`. Returns the pipeline."""
+    (``multiedit.position_code``; e.g. 16, so that the UNet can tell where "the top left" is). ``text_layers`` and
+    ``text_positions``: see :func:`build_shapes_components`. Returns the pipeline."""
     from .pipeline import MultiEditPipeline
     from .task_unet import TaskTokenEmbedding
     from .tasks import list_tasks
 
     parts = build_shapes_components(seed, pooled_text=pooled_text, position_channels=position_channels,
-                                    text_layers=text_layers)
+                                    text_layers=text_layers, text_positions=text_positions)
     make_exact_autoencoder(parts["vae"])
     # Stable Diffusion scales latents to unit variance (its 0.18215). Here latents are pixels in [-1, 1]
     # already; 1/std (3.3 on this world) would scale night/invert changes to ±6, far outside the noise.

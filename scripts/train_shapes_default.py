@@ -126,6 +126,10 @@ def main(argv=None) -> int:
                     help="Transformer layers of the preset's random frozen text encoder (0: each word's state is its "
                          "own embedding plus its position's; benchmarks/probe_text_depth.py). The committed "
                          "model: 0.")
+    ap.add_argument("--text-positions", action=argparse.BooleanOptionalAction, default=True,
+                    help="Keep the random text encoder's position embeddings; --no-text-positions zeroes them, so a "
+                         "word's state does not depend on where it stands (shapes_preset.build_shapes_components). "
+                         "The committed model: on.")
     for name in PASSED_THROUGH:
         f = TRAIN_FIELDS[name]
         default = COMMITTED.get(name, f.default)
@@ -152,10 +156,12 @@ def main(argv=None) -> int:
         sys.exit(f"error: --text-layers {args.text_layers}; use 0 or more.")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    from transformers import CLIPTextModel
+
     from multiedit.classifier import ClassifierTrainConfig, train_classifier
     from multiedit.datagen.shapes import TRAINED_TASKS, write_shapes_dataset
     from multiedit.pipeline import MultiEditPipeline
-    from multiedit.shapes_preset import RESOLUTION, build_shapes_pipeline
+    from multiedit.shapes_preset import RESOLUTION, build_shapes_pipeline, position_table
     from multiedit.testing import build_zoo
     from multiedit.training import TrainConfig, train
 
@@ -173,12 +179,14 @@ def main(argv=None) -> int:
     base = work / "base"  # the autoencoder needs no training
     if not (base / "model_index.json").is_file():
         build_shapes_pipeline(base, seed=args.seed, pooled_text=args.pooled_text, task_token=args.task_token,
-                              position_channels=args.position_channels, text_layers=args.text_layers)
+                              position_channels=args.position_channels, text_layers=args.text_layers,
+                              text_positions=args.text_positions)
     else:
         built = {"--pooled-text": json.loads((base / "unet" / "config.json").read_text()).get("addition_embed_type")
                  == "text", "--task-token": (base / "task_tokens").is_dir(),
                  "--position-channels": json.loads((base / "model_index.json").read_text()).get("position_channels", 0),
-                 "--text-layers": json.loads((base / "text_encoder" / "config.json").read_text())["num_hidden_layers"]}
+                 "--text-layers": json.loads((base / "text_encoder" / "config.json").read_text())["num_hidden_layers"],
+                 "--text-positions": bool(position_table(CLIPTextModel.from_pretrained(base / "text_encoder")).any())}
         for flag, was in built.items():
             want = getattr(args, flag[2:].replace("-", "_"))
             if was != want:

@@ -406,6 +406,28 @@ def test_preset_text_encoder_without_layers_reads_each_word_the_same_in_every_se
     assert change[0] < 1e-6 and change[2] > 1e-3
 
 
+def test_preset_text_encoder_without_positions_reads_a_word_the_same_wherever_it_stands(tmp_path):
+    """``text_positions=False``: "top left" has the same states after "red circle" (one token, then three) as after
+    "yellow triangle" (three, then four), also after a save and load; with positions they differ."""
+    import torch
+
+    from multiedit.pipeline import MultiEditPipeline
+    from multiedit.shapes_preset import build_shapes_pipeline, position_table
+
+    texts = ["add a red circle at the top left", "put a yellow triangle in the top left"]
+    moved = {}
+    for positions in (True, False):
+        build_shapes_pipeline(tmp_path / str(positions), seed=0, text_layers=0, text_positions=positions)
+        pipe = MultiEditPipeline.from_pretrained(tmp_path / str(positions))
+        assert bool(position_table(pipe.text_encoder).any()) == positions
+        ids = [pipe.tokenizer(t).input_ids for t in texts]
+        assert len(ids[0]) != len(ids[1]) and ids[0][-4:] == ids[1][-4:]  # "top left" + end, at other indices
+        with torch.no_grad():
+            states = [pipe.text_encoder(torch.tensor([i]))[0][0, -4:] for i in ids]
+        moved[positions] = (states[0] - states[1]).abs().max().item()
+    assert moved[False] < 1e-6 and moved[True] > 1e-2
+
+
 def test_preset_autoencoder_is_exact_for_any_image_after_a_save_and_load(tmp_path):
     import torch
     from diffusers import AutoencoderKL
@@ -554,7 +576,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert pipe.unet.config.addition_embed_type == "text" and settings["pooled_text"]  # --pooled-text built the base
     assert pipe.task_tokens is not None and pipe.task_tokens.embedding.weight.abs().sum() > 0  # trained, exported
     assert pipe.config.position_channels == 4 and pipe.unet.config.in_channels == 12  # 4 + 4 latent + 4 position
-    assert pipe.text_encoder.config.num_hidden_layers == 1 and settings["text_layers"] == 1
+    assert pipe.text_encoder.config.num_hidden_layers == 1 and settings["text_layers"] == 1 and settings["text_positions"]
     classifier_mtime = (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime
     assert script.main(args) == 0  # everything done is kept: the classifier is not retrained
     assert (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime == classifier_mtime
@@ -569,6 +591,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     with pytest.raises(SystemExit, match="was built --text-layers 1; rerun with the same setting"):
         at = args.index("--text-layers")
         script.main(args[:at] + args[at + 2:])
+    with pytest.raises(SystemExit, match="was built with --text-positions; rerun with the same setting"):
+        script.main(args + ["--no-text-positions"])
     with pytest.raises(SystemExit, match="--anneal-steps -1 --anneal-lr 0.0001; use 0 or more steps"):
         script.main(args + ["--anneal-steps", "-1"])
     assert script.main(args + ["--no-task-embedding", "--out", str(tmp_path / "notask")]) == 0
