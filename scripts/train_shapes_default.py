@@ -81,6 +81,20 @@ def instruction_rows(dataset_dir: Path, out: Path, per_task: int, seed: int) -> 
     return out
 
 
+def task_pairs(specs: list[str], per_task: int) -> dict[str, int]:
+    """Training pairs per trained task: ``per_task`` each, but N for every ``TASK=N`` in ``specs``."""
+    from multiedit.datagen.shapes import TRAINED_TASKS
+
+    pairs = dict.fromkeys(TRAINED_TASKS, per_task)
+    for spec in specs:
+        task, sep, n = spec.partition("=")
+        if not sep or task not in pairs or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--task-pairs {spec}; use TASK=N with TASK one of {', '.join(TRAINED_TASKS)} and N a "
+                             "positive whole number, e.g. add=9600.")
+        pairs[task] = int(n)
+    return pairs
+
+
 def one_task_copy(data: Path, flat: Path) -> Path:
     """``data`` with every row's task set to "local" and the true task kept in a ``true_task`` column (for the
     loss balance), shard by shard, each written atomically."""
@@ -108,6 +122,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="Where the final pipeline (with classifier) goes.")
     ap.add_argument("--seed", type=int, default=0, help="Seed of everything (the committed model: 0).")
     ap.add_argument("--per-task", type=int, default=3200, help="Training pairs per task.")
+    ap.add_argument("--task-pairs", action="append", default=[], metavar="TASK=N",
+                    help="Give one task N training pairs instead of --per-task (repeatable, e.g. --task-pairs add=9600): "
+                         "its pairs are drawn that much more often. The committed model: none.")
     ap.add_argument("--max-steps", type=int, default=36000, help="UNet training steps.")
     ap.add_argument("--batch-size", type=int, default=8, help="UNet batch size.")
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
@@ -152,6 +169,10 @@ def main(argv=None) -> int:
     if args.anneal_steps < 0 or args.anneal_lr <= 0:
         sys.exit(f"error: --anneal-steps {args.anneal_steps} --anneal-lr {args.anneal_lr}; use 0 or more steps and a "
                  "positive lr, e.g. --anneal-steps 6000 --anneal-lr 5e-4.")
+    try:
+        pairs = task_pairs(args.task_pairs, args.per_task)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if args.text_layers < 0:
         sys.exit(f"error: --text-layers {args.text_layers}; use 0 or more.")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -170,7 +191,8 @@ def main(argv=None) -> int:
     times = {}
     t0 = time.time()
 
-    data = write_shapes_dataset(work / "data", list(TRAINED_TASKS), args.per_task, seed=args.seed, split="train")
+    for task, n in pairs.items():  # the pairs of a task are the same whatever its count: the first n of one sequence
+        data = write_shapes_dataset(work / "data", task, n, seed=args.seed, split="train")
     if args.no_task_embedding:  # same pairs, one task label: the task vector cannot tell the tasks apart
         data = one_task_copy(data, work / "data-one-task")
     times["dataset_s"] = time.time() - t0

@@ -547,7 +547,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     from multiedit.training.data import load_edit_dataset
 
     script = load_repo_module("scripts/train_shapes_default.py")
-    args = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "model"), "--per-task", "2", "--max-steps", "2",
+    args = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "model"), "--per-task", "2", "--task-pairs", "add=3",
+            "--max-steps", "2",
             "--batch-size", "4", "--classifier-epochs", "1", "--huber-c", "0.2",
             "--l2-warmup-steps", "1", "--pooled-text", "--timestep-bias-strategy", "later",
             "--timestep-bias-multiplier", "3", "--task-loss-balance", "0.5", "--task-token",
@@ -577,6 +578,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert pipe.task_tokens is not None and pipe.task_tokens.embedding.weight.abs().sum() > 0  # trained, exported
     assert pipe.config.position_channels == 4 and pipe.unet.config.in_channels == 12  # 4 + 4 latent + 4 position
     assert pipe.text_encoder.config.num_hidden_layers == 1 and settings["text_layers"] == 1 and settings["text_positions"]
+    tasks = load_edit_dataset(str(tmp_path / "w" / "data"))["task"]
+    assert tasks.count("add") == 3 and tasks.count("remove") == 2  # --task-pairs add=3 beside --per-task 2
     classifier_mtime = (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime
     assert script.main(args) == 0  # everything done is kept: the classifier is not retrained
     assert (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime == classifier_mtime
@@ -591,6 +594,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     with pytest.raises(SystemExit, match="was built --text-layers 1; rerun with the same setting"):
         at = args.index("--text-layers")
         script.main(args[:at] + args[at + 2:])
+    with pytest.raises(SystemExit, match="--task-pairs paint=5; use TASK=N with TASK one of add, "):
+        script.main(args + ["--task-pairs", "paint=5"])
     with pytest.raises(SystemExit, match="was built with --text-positions; rerun with the same setting"):
         script.main(args + ["--no-text-positions"])
     with pytest.raises(SystemExit, match="--anneal-steps -1 --anneal-lr 0.0001; use 0 or more steps"):
