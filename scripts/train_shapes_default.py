@@ -123,8 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="Seed of everything (the committed model: 0).")
     ap.add_argument("--per-task", type=int, default=3200, help="Training pairs per task.")
     ap.add_argument("--task-pairs", action="append", default=[], metavar="TASK=N",
-                    help="Give one task N training pairs instead of --per-task (repeatable, e.g. --task-pairs add=9600): "
-                         "its pairs are drawn that much more often. The committed model: none.")
+                    help="Give one task N training pairs instead of --per-task (repeatable, e.g. --task-pairs "
+                         "add=9600): its pairs are drawn that much more often. The committed model: none.")
     ap.add_argument("--max-steps", type=int, default=36000, help="UNet training steps.")
     ap.add_argument("--batch-size", type=int, default=8, help="UNet batch size.")
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     from transformers import CLIPTextModel
 
     from multiedit.classifier import ClassifierTrainConfig, train_classifier
-    from multiedit.datagen.shapes import TRAINED_TASKS, write_shapes_dataset
+    from multiedit.datagen.shapes import write_shapes_dataset
     from multiedit.pipeline import MultiEditPipeline
     from multiedit.shapes_preset import RESOLUTION, build_shapes_pipeline, position_table
     from multiedit.testing import build_zoo

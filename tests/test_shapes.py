@@ -544,6 +544,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
 
     from multiedit.datagen.shapes import TRAINED_TASKS
     from multiedit.pipeline import MultiEditPipeline
+    from multiedit.shapes_preset import position_table
     from multiedit.training.data import load_edit_dataset
 
     script = load_repo_module("scripts/train_shapes_default.py")
@@ -577,7 +578,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert pipe.unet.config.addition_embed_type == "text" and settings["pooled_text"]  # --pooled-text built the base
     assert pipe.task_tokens is not None and pipe.task_tokens.embedding.weight.abs().sum() > 0  # trained, exported
     assert pipe.config.position_channels == 4 and pipe.unet.config.in_channels == 12  # 4 + 4 latent + 4 position
-    assert pipe.text_encoder.config.num_hidden_layers == 1 and settings["text_layers"] == 1 and settings["text_positions"]
+    assert pipe.text_encoder.config.num_hidden_layers == 1 and settings["text_layers"] == 1
+    assert settings["text_positions"] and position_table(pipe.text_encoder).any()  # the default keeps the table
     tasks = load_edit_dataset(str(tmp_path / "w" / "data"))["task"]
     assert tasks.count("add") == 3 and tasks.count("remove") == 2  # --task-pairs add=3 beside --per-task 2
     classifier_mtime = (tmp_path / "w" / "classifier" / "config.json").stat().st_mtime
