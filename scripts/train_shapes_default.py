@@ -191,8 +191,7 @@ def main(argv=None) -> int:
     times = {}
     t0 = time.time()
 
-    for task, n in pairs.items():  # the pairs of a task are the same whatever its count: the first n of one sequence
-        data = write_shapes_dataset(work / "data", task, n, seed=args.seed, split="train")
+    data = write_shapes_dataset(work / "data", list(pairs), pairs, seed=args.seed, split="train")
     if args.no_task_embedding:  # same pairs, one task label: the task vector cannot tell the tasks apart
         data = one_task_copy(data, work / "data-one-task")
     times["dataset_s"] = time.time() - t0

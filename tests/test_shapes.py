@@ -210,6 +210,27 @@ def test_dataset_is_our_format_deterministic_and_resumable(tmp_path):
     assert train["input_caption"] != ds["input_caption"][:3]  # the splits draw different scenes
 
 
+def test_dataset_with_a_count_per_task_extends_a_task_by_its_own_first_examples(tmp_path):
+    """``n`` as a mapping: each task gets its own count, a task's examples are the first of its one sequence (so
+    the pairs of a smaller count are among them), a changed count is refused, and a missing or bad one is named."""
+    from multiedit.datagen.shapes import write_shapes_dataset
+    from multiedit.errors import MultiEditError
+    from multiedit.training.data import load_edit_dataset
+
+    both = load_edit_dataset(str(write_shapes_dataset(tmp_path / "a", ["add", "remove"], {"add": 3, "remove": 2},
+                                                      seed=7, progress=False)))
+    assert both["task"].count("add") == 3 and both["task"].count("remove") == 2
+    few = load_edit_dataset(str(write_shapes_dataset(tmp_path / "b", ["add"], 2, seed=7, progress=False)))
+    assert few["edit_prompt"] == [p for p, t in zip(both["edit_prompt"], both["task"]) if t == "add"][:2]
+    with pytest.raises(MultiEditError, match="train-add pairs written with n 3 \\(now 4\\)"):
+        write_shapes_dataset(tmp_path / "a", ["add", "remove"], {"add": 4, "remove": 2}, seed=7, progress=False)
+    with pytest.raises(MultiEditError, match="No example count for task 'remove'"):
+        write_shapes_dataset(tmp_path / "c", ["add", "remove"], {"add": 3}, progress=False)
+    with pytest.raises(MultiEditError, match="-n 0 for task 'add': ask for at least one"):
+        write_shapes_dataset(tmp_path / "c", ["add"], {"add": 0}, progress=False)
+    assert not (tmp_path / "c").exists()
+
+
 def test_unknown_task_is_a_clear_error(tmp_path):
     from multiedit.datagen.shapes import write_shapes_dataset
     from multiedit.errors import MultiEditError

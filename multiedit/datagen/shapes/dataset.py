@@ -58,9 +58,12 @@ def make_example(task: str, index: int, seed: int = 0, split: str = "train", siz
     }
 
 
-def write_shapes_dataset(out: str | Path, tasks: str | list[str], n: int, seed: int = 0, split: str = "train",
-                         size: int = SIZE, shard_rows: int = SHARD_ROWS, progress: bool = True) -> Path:
-    """Write ``n`` examples per task in ``tasks`` to ``out/{split}-{task}-{k:05d}.parquet``; returns ``out``.
+def write_shapes_dataset(out: str | Path, tasks: str | list[str], n: int | dict[str, int], seed: int = 0,
+                         split: str = "train", size: int = SIZE, shard_rows: int = SHARD_ROWS,
+                         progress: bool = True) -> Path:
+    """Write ``n`` examples per task in ``tasks`` (or ``n[task]`` for each, given a mapping) to
+    ``out/{split}-{task}-{k:05d}.parquet``; returns ``out``. A task's first ``n`` examples are the same whatever
+    ``n`` is.
 
     Finished shards are kept (a rerun resumes); every shard is written atomically. ``out/shapes.json``
     records the settings each task was written with, so a rerun with other settings is refused rather
@@ -76,19 +79,24 @@ def write_shapes_dataset(out: str | Path, tasks: str | list[str], n: int, seed: 
         raise MultiEditError("No task given; pass --task with one or more of " f"{sorted(ALL_TASK_OPS)}.")
     for t in tasks:  # all of them before the first shard is written
         _check_task(t)
-    if n < 1:
-        raise MultiEditError(f"-n {n}: ask for at least one example per task.")
+    counts = dict.fromkeys(tasks, n) if isinstance(n, int) else {t: n.get(t) for t in tasks}
+    for t, c in counts.items():
+        if c is None:
+            raise MultiEditError(f"No example count for task {t!r}; give n a value for every task in tasks.")
+        if c < 1:
+            which = "" if isinstance(n, int) else f" for task {t!r}"
+            raise MultiEditError(f"-n {c}{which}: ask for at least one example per task.")
     _check_split(split)
     _check_size(size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, tasks, n, seed, split, size)
-    jobs = [(t, k, start) for t in tasks for k, start in enumerate(range(0, n, shard_rows))]
+    _check_settings(out, counts, seed, split, size)
+    jobs = [(t, k, start) for t, c in counts.items() for k, start in enumerate(range(0, c, shard_rows))]
     skipped = 0
-    bar = tqdm(total=n * len(tasks), desc="shapes", unit="pair", disable=not progress)
+    bar = tqdm(total=sum(counts.values()), desc="shapes", unit="pair", disable=not progress)
     for task, k, start in jobs:
         path = out / f"{split}-{task}-{k:05d}.parquet"
-        count = min(shard_rows, n - start)
+        count = min(shard_rows, counts[task] - start)
         if path.is_file():
             skipped += 1
         else:
@@ -117,13 +125,13 @@ def _check_size(size: int) -> None:
                              f"pixels a side; pass a size in that range (default {SIZE}).")
 
 
-def _check_settings(out: Path, tasks: list[str], n: int, seed: int, split: str, size: int) -> None:
+def _check_settings(out: Path, counts: dict[str, int], seed: int, split: str, size: int) -> None:
     """Refuse to resume ``out`` with settings other than those its shards were written with; record ours."""
     from ...io_utils import atomic_file
 
     path = out / "shapes.json"
     recorded = json.loads(path.read_text()) if path.is_file() else {}
-    mine = {f"{split}-{t}": {"n": n, "seed": seed, "size": size} for t in tasks}
+    mine = {f"{split}-{t}": {"n": c, "seed": seed, "size": size} for t, c in counts.items()}
     for key, settings in mine.items():
         old = recorded.get(key)
         if old is not None and old != settings:
