@@ -9,8 +9,9 @@ training and instructions from the held-out phrasings), it measures
 
 1. per task: L1 (mean absolute error, pixels in [0, 1]) and PSNR (dB) of the edit against the exact
    target, next to the identity edit (output = input); for region tasks also the mean change outside
-   the edited region (the edit's mask), where the target equals the source; and split by operation for the
+   the edited region (the edit's mask), where the target equals the source; split by operation for the
    tasks that have several (local: recolour and rekind, global: night and fog, color: grayscale and invert);
+   and for add, whose instructions name a cell of the 3×3 grid, how often its largest change is in that cell;
 2. the model with the true task vs the task its classifier predicts, and (``--notask-model``) a model
    trained on the same data with one task label for every sample (Emu Edit Table 3 in miniature);
 3. (``--inversion``) task inversion on the held-out tasks mirror and sepia with 1, 10 and 100 examples,
@@ -81,6 +82,20 @@ def metrics(out: np.ndarray, row: dict) -> dict:
     return res
 
 
+def placed(out: np.ndarray, row: dict) -> bool | None:
+    """For an edit that names a cell (add: "... at the top left"), whether the grid cell that changed most (summed
+    |out − source|) is the named one (an edit that changes nothing is not); None for edits that name none. Chance is 1 in 9: it tells an edit that draws
+    the right thing in the wrong place from one that draws it where asked, which L1 alone does not."""
+    from multiedit.datagen.shapes.world import GRID, POSITIONS
+
+    pos = json.loads(row["edit"]).get("pos") if row.get("edit") else None
+    if pos is None:
+        return None
+    change = np.abs(out - arr(row["input_image"])).sum(-1)
+    mass = [c.sum() for band in np.array_split(change, GRID, axis=0) for c in np.array_split(band, GRID, axis=1)]
+    return bool(max(mass) > 0) and int(np.argmax(mass)) == POSITIONS.index(pos)  # no change places nothing
+
+
 def mean(values):
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else float("nan")
@@ -110,7 +125,9 @@ def score(rows, outs, key: str = "task") -> dict[str, dict]:
     by_task: dict[str, dict] = {}
     for row, out in zip(rows, outs):
         m, ident = metrics(out, row), metrics(arr(row["input_image"]), row)
-        d = by_task.setdefault(row[key], {"l1": [], "psnr": [], "outside": [], "id_l1": [], "id_psnr": []})
+        d = by_task.setdefault(row[key], {"l1": [], "psnr": [], "outside": [], "placed": [], "id_l1": [],
+                                          "id_psnr": []})
+        d["placed"].append(placed(out, row))
         d["l1"].append(m["l1"])
         d["psnr"].append(m["psnr"])
         d["outside"].append(m.get("outside"))
@@ -169,6 +186,7 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
         line += f" **{overall(seen)['l1']:.4f}** | |"
     lines.append(line)
     results = {"per_task": table, "overall": o}
+    lines += placement_lines(table, seen)
     results["per_op"] = score(rows, true_out, key="op")
     lines += ["", *per_op_lines(results["per_op"])]
     if seen:
@@ -199,6 +217,18 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
     results["conditioning"] = {n: {"overall": totals[n], "per_task": variants[n], "per_op": variant_ops[n]}
                                for n in names}
     return lines, results, true_out
+
+
+def placement_lines(table: dict, seen: dict | None = None) -> list[str]:
+    """Part 1's placement sentence for the tasks whose edits name a cell (``placed`` in ``score``): the share whose
+    largest change is in the named cell, with held-out and (``seen``) training wordings."""
+    lines = []
+    for t, r in table.items():
+        if not np.isnan(r["placed"]):
+            also = f", {seen[t]['placed']:.0%} with the training wordings" if seen else ""
+            lines.append(f"Placement: {t}'s largest change (summed over each of the 3×3 cells) is in the named cell in "
+                         f"{r['placed']:.0%} of its edits{also}; chance is 11%.")
+    return ["", *lines] if lines else []
 
 
 def split_ops():

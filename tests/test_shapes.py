@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import random
 from pathlib import Path
 
@@ -502,7 +503,6 @@ def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(
     default model, 0.76× with the squared loss on the earlier L2 model, where 120 steps or lr 2e-2 gave
     0.77–0.78: this is where one vector levels off). A vector left at zero, another row trained, or a
     gradient reaching the backbone instead would not give this."""
-    import json
 
     import torch
     from diffusers import DDPMScheduler
@@ -558,7 +558,6 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     """``scripts/train_shapes_default.py`` at toy size: dataset, preset, training, classifier, one saved pipeline
     with the settings and the time of each stage; a rerun resumes rather than redoing the finished work. The
     ``--no-task-embedding`` twin trains on one task label with the loss still balanced over the true tasks."""
-    import json
 
     import torch
     from safetensors.torch import load_file
@@ -652,6 +651,25 @@ def test_benchmark_splits_a_task_by_operation_so_a_failing_operation_shows():
     recolour_identity = f"{ops['recolour']['id_l1']:.4f}"
     assert f"| local | recolour | {n['recolour']} | 0.0000 | {recolour_identity} | {recolour_identity} |" in split
     assert "| remove |" not in split
+
+
+def test_benchmark_placement_tells_the_named_cell_from_a_wrong_one():
+    """Part 1's placement: exact adds are all in the named cell; the same shapes drawn one cell to the right (the
+    change rolled by a third of the image) and edits that change nothing are in none; tasks naming no cell have
+    no placement and no sentence."""
+    bench = load_repo_module("benchmarks/bench_shapes_quality.py")
+    rows = bench.test_rows(["add", "remove"], 9)
+    exact = [bench.arr(r["edited_image"]) for r in rows]
+    moved = [bench.arr(r["input_image"]) + np.roll(bench.arr(r["edited_image"]) - bench.arr(r["input_image"]),
+                                                    64 // 3, axis=1) for r in rows]
+    good, wrong = bench.score(rows, exact), bench.score(rows, moved)
+    nothing = bench.score(rows, [bench.arr(r["input_image"]) for r in rows])
+    assert good["add"]["placed"] == 1 and wrong["add"]["placed"] == 0 and nothing["add"]["placed"] == 0
+    assert np.isnan(good["remove"]["placed"])
+    assert len({json.loads(r["edit"])["pos"] for r in rows if r["task"] == "add"}) > 3  # several cells are named
+    text = "\n".join(bench.placement_lines(good, wrong))
+    assert "add's largest change" in text and "in 100% of its edits, 0% with the training wordings" in text
+    assert "remove" not in text
 
 
 def test_benchmark_edits_do_not_depend_on_the_batch():
