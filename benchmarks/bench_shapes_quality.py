@@ -84,8 +84,9 @@ def metrics(out: np.ndarray, row: dict) -> dict:
 
 def placed(out: np.ndarray, row: dict) -> bool | None:
     """For an edit that names a cell (add: "... at the top left"), whether the grid cell that changed most (summed
-    |out − source|) is the named one (an edit that changes nothing is not); None for edits that name none. Chance is 1 in 9: it tells an edit that draws
-    the right thing in the wrong place from one that draws it where asked, which L1 alone does not."""
+    |out − source|) is the named one (an edit that changes nothing is not); None for edits that name none. Chance
+    is one cell in nine: it tells an edit that draws the right thing in the wrong place from one that draws it where
+    asked, which L1 alone does not."""
     from multiedit.datagen.shapes.world import GRID, POSITIONS
 
     pos = json.loads(row["edit"]).get("pos") if row.get("edit") else None
@@ -222,12 +223,14 @@ def part_tasks(pipe, rows, args, notask_pipe=None, seen_rows=None):
 def placement_lines(table: dict, seen: dict | None = None) -> list[str]:
     """Part 1's placement sentence for the tasks whose edits name a cell (``placed`` in ``score``): the share whose
     largest change is in the named cell, with held-out and (``seen``) training wordings."""
+    from multiedit.datagen.shapes.world import GRID
+
     lines = []
     for t, r in table.items():
         if not np.isnan(r["placed"]):
             also = f", {seen[t]['placed']:.0%} with the training wordings" if seen else ""
-            lines.append(f"Placement: {t}'s largest change (summed over each of the 3×3 cells) is in the named cell in "
-                         f"{r['placed']:.0%} of its edits{also}; chance is 11%.")
+            lines.append(f"Placement: {t}'s largest change (summed over each of the {GRID}×{GRID} cells) is in the "
+                         f"named cell in {r['placed']:.0%} of its edits{also}; chance is {1 / GRID**2:.0%}.")
     return ["", *lines] if lines else []
 
 
