@@ -28,6 +28,12 @@ What it does, with the settings of the committed model (seed 0):
 6. The pipeline (with classifier) is saved to ``--out`` (default: the embedded default-model folder),
    with ``training_time.json`` (settings and the wall time of each stage).
 
+Optional, not used by the committed model: ``--first-task add`` puts a curriculum stage before step 3, that task's
+pairs alone (``data-add/``, the task's same first N pairs) for ``--first-steps`` at ``--first-lr`` (constant, the
+squared error for the first half, then l1, no loss balance) into ``run-first/``; step 3 then starts from that UNet.
+Add without text positions learns where to draw alone but not inside the ten-task mixture
+(docs/shapesworld-experiments.md).
+
 Time: about 3.6 h for the UNet and 28 min for the anneal on 2 CPU cores (3.4–3.9 steps/s when nothing else
 runs; a two-thread run slows several-fold beside any other CPU work), under a minute for the rest; see
 ``training_time.json`` for the committed run, which was stopped and resumed four times. Everything is seeded;
@@ -158,6 +164,14 @@ def main(argv=None) -> int:
                          "The committed model: 6000.")
     ap.add_argument("--anneal-lr", type=float, default=5e-4,
                     help="Peak lr of the --anneal-steps stage (the committed model: 5e-4).")
+    ap.add_argument("--first-task", default=None, metavar="TASK",
+                    help="Curriculum: before the main stage, train on this task's pairs alone (e.g. add, whose "
+                         "'where' the ten-task mixture does not learn from scratch) for --first-steps at --first-lr; "
+                         "the main stage then starts from that UNet. The committed model: none.")
+    ap.add_argument("--first-steps", type=int, default=4600,
+                    help="Steps of the --first-task stage (batch --batch-size, lr constant, the squared error for "
+                         "the first half, then the absolute error).")
+    ap.add_argument("--first-lr", type=float, default=1e-3, help="Learning rate of the --first-task stage.")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal); "
@@ -173,6 +187,10 @@ def main(argv=None) -> int:
         pairs = task_pairs(args.task_pairs, args.per_task)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if args.first_task is not None and (args.first_task not in pairs or args.first_steps < 1 or args.first_lr <= 0):
+        sys.exit(f"error: --first-task {args.first_task} --first-steps {args.first_steps} --first-lr {args.first_lr}; "
+                 f"use a trained task ({', '.join(pairs)}), 1 or more steps and a positive lr, e.g. --first-task add "
+                 "--first-steps 4600 --first-lr 1e-3.")
     if args.text_layers < 0:
         sys.exit(f"error: --text-layers {args.text_layers}; use 0 or more.")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -217,10 +235,30 @@ def main(argv=None) -> int:
                          "folder.")
     times["base_s"] = time.time() - t
 
+    start = base
+    twin = "-notask" if args.no_task_embedding else ""
+    if args.first_task:  # the curriculum's first stage: one task alone, from the base
+        t = time.time()
+        first_data = write_shapes_dataset(work / f"data-{args.first_task}", [args.first_task],
+                                          pairs[args.first_task], seed=args.seed, split="train")
+        if args.no_task_embedding:
+            first_data = one_task_copy(first_data, work / f"data-{args.first_task}-one-task")
+        first = work / f"run-first{twin}"
+        train(TrainConfig(
+            model=str(base), dataset=str(first_data), out=str(first), resolution=RESOLUTION,
+            max_steps=args.first_steps, batch_size=args.batch_size, lr=args.first_lr, lr_scheduler="constant",
+            lr_warmup_steps=0, use_ema=False, loss_type="l1", l2_warmup_steps=args.first_steps // 2,
+            task_loss_balance=0.0, cache_latents=True, cache_variants=1, augment="none", random_flip=False,
+            seed=args.seed, report_to="none", checkpointing_steps=250, checkpoints_total_limit=1,
+            num_validation_samples=4, validation_inference_steps=10,
+            resume="latest" if (first / "checkpoints").is_dir() else None))
+        start = first
+        times["first_s"] = time.time() - t
+
     t = time.time()
-    run = work / ("run-notask" if args.no_task_embedding else "run")
+    run = work / f"run{twin}"
     cfg = TrainConfig(
-        model=str(base), dataset=str(data), out=str(run), resolution=RESOLUTION, max_steps=args.max_steps,
+        model=str(start), dataset=str(data), out=str(run), resolution=RESOLUTION, max_steps=args.max_steps,
         batch_size=args.batch_size, lr=args.lr, ema_decay=0.999, cache_latents=True, cache_variants=1,
         augment="none", random_flip=False, seed=args.seed, report_to="none", checkpointing_steps=250,
         checkpoints_total_limit=1, num_validation_samples=4, validation_inference_steps=10,
