@@ -235,30 +235,10 @@ def main(argv=None) -> int:
                          "folder.")
     times["base_s"] = time.time() - t
 
-    start = base
     twin = "-notask" if args.no_task_embedding else ""
-    if args.first_task:  # the curriculum's first stage: one task alone, from the base
-        t = time.time()
-        first_data = write_shapes_dataset(work / f"data-{args.first_task}", [args.first_task],
-                                          pairs[args.first_task], seed=args.seed, split="train")
-        if args.no_task_embedding:
-            first_data = one_task_copy(first_data, work / f"data-{args.first_task}-one-task")
-        first = work / f"run-first{twin}"
-        train(TrainConfig(
-            model=str(base), dataset=str(first_data), out=str(first), resolution=RESOLUTION,
-            max_steps=args.first_steps, batch_size=args.batch_size, lr=args.first_lr, lr_scheduler="constant",
-            lr_warmup_steps=0, use_ema=False, loss_type="l1", l2_warmup_steps=args.first_steps // 2,
-            task_loss_balance=0.0, cache_latents=True, cache_variants=1, augment="none", random_flip=False,
-            seed=args.seed, report_to="none", checkpointing_steps=250, checkpoints_total_limit=1,
-            num_validation_samples=4, validation_inference_steps=10,
-            resume="latest" if (first / "checkpoints").is_dir() else None))
-        start = first
-        times["first_s"] = time.time() - t
-
-    t = time.time()
     run = work / f"run{twin}"
     cfg = TrainConfig(
-        model=str(start), dataset=str(data), out=str(run), resolution=RESOLUTION, max_steps=args.max_steps,
+        model=str(base), dataset=str(data), out=str(run), resolution=RESOLUTION, max_steps=args.max_steps,
         batch_size=args.batch_size, lr=args.lr, ema_decay=0.999, cache_latents=True, cache_variants=1,
         augment="none", random_flip=False, seed=args.seed, report_to="none", checkpointing_steps=250,
         checkpoints_total_limit=1, num_validation_samples=4, validation_inference_steps=10,
@@ -267,6 +247,24 @@ def main(argv=None) -> int:
         loss_group_column="true_task" if args.no_task_embedding and args.task_loss_balance else None,
         resume="latest" if (run / "checkpoints").is_dir() else None,
     )
+    if args.first_task:  # the curriculum's first stage: one task alone, from the base; the main stage starts there
+        t = time.time()
+        first_data = write_shapes_dataset(work / f"data-{args.first_task}", [args.first_task],
+                                          pairs[args.first_task], seed=args.seed, split="train")
+        if args.no_task_embedding:
+            first_data = one_task_copy(first_data, work / f"data-{args.first_task}-one-task")
+        first = work / f"run-first{twin}"
+        # the main stage's data and run settings, but TrainConfig's own defaults for the options passed through
+        untouched = {name: TRAIN_FIELDS[name].default for name in (*PASSED_THROUGH, "ema_decay")}
+        train(dataclasses.replace(cfg, **{
+            **untouched, "dataset": str(first_data), "out": str(first), "max_steps": args.first_steps,
+            "lr": args.first_lr, "lr_scheduler": "constant", "lr_warmup_steps": 0, "use_ema": False, "loss_type": "l1",
+            "l2_warmup_steps": args.first_steps // 2, "task_loss_balance": 0.0, "loss_group_column": None,
+            "resume": "latest" if (first / "checkpoints").is_dir() else None}))
+        cfg = dataclasses.replace(cfg, model=str(first))
+        times["first_s"] = time.time() - t
+
+    t = time.time()
     train(cfg)
     times["unet_s"] = time.time() - t
     if args.anneal_steps:  # a fresh optimiser and a decaying lr settle what the constant lr left noisy
