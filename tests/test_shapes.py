@@ -575,7 +575,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
             "--timestep-bias-multiplier", "3", "--task-loss-balance", "0.5", "--task-token",
             "--lr-scheduler", "constant", "--lr-warmup-steps", "0", "--no-use-ema", "--text-layers", "1",
             "--anneal-steps", "2", "--anneal-lr", "1e-4", "--first-task", "add", "--first-steps", "2",
-            "--first-lr", "3e-4", "--position-channels", "4"]
+            "--first-lr", "3e-4", "--first-pairs", "2", "--position-channels", "4"]
     assert script.main(args) == 0
     settings = json.loads((tmp_path / "model" / "training_time.json").read_text())
     assert settings["max_steps"] == 2 and settings["seed"] == 0 and settings["times"]["unet_s"] > 0
@@ -588,8 +588,11 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert (run["timestep_bias_strategy"], run["timestep_bias_multiplier"]) == ("later", 3.0)  # and the bias
     assert run["task_loss_balance"] == settings["task_loss_balance"] == 0.5  # and the task balance
     first = json.loads((tmp_path / "w" / "run-first" / "training_config.json").read_text())
-    assert first["dataset"] == str(tmp_path / "w" / "data-add") and (first["max_steps"], first["lr"]) == (2, 3e-4)
-    assert set(load_edit_dataset(first["dataset"])["task"]) == {"add"} and settings["times"]["first_s"] > 0
+    assert first["dataset"] == str(tmp_path / "w" / "data-add-2") and (first["max_steps"], first["lr"]) == (2, 3e-4)
+    first_rows = load_edit_dataset(first["dataset"])
+    assert first_rows["task"] == ["add", "add"] and settings["times"]["first_s"] > 0  # --first-pairs 2 of the 3
+    main_add = [r for r in load_edit_dataset(str(tmp_path / "w" / "data")) if r["task"] == "add"]
+    assert [r["edit"] for r in first_rows] == [r["edit"] for r in main_add[:2]]  # the main stage's first two
     assert run["model"] == str(tmp_path / "w" / "run-first") and run["lr"] == 1e-3  # the main stage starts there
     annealed = json.loads((tmp_path / "w" / "run-anneal" / "training_config.json").read_text())
     assert annealed["model"] == str(tmp_path / "w" / "run") and settings["times"]["anneal_s"] > 0  # from the run
@@ -627,8 +630,10 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
         script.main(args + ["--no-text-positions"])
     with pytest.raises(SystemExit, match="--anneal-steps -1 --anneal-lr 0.0001; use 0 or more steps"):
         script.main(args + ["--anneal-steps", "-1"])
-    with pytest.raises(SystemExit, match="--first-task paint --first-steps 2 --first-lr 0.0003; use a trained task"):
+    with pytest.raises(SystemExit, match="--first-task paint --first-steps 2 --first-lr 0.0003 --first-pairs 2; use a "):
         script.main(args + ["--first-task", "paint"])
+    with pytest.raises(SystemExit, match="--first-pairs 0; use a trained task .* and 1 or more pairs"):
+        script.main(args + ["--first-pairs", "0"])
     assert script.main(args + ["--no-task-embedding", "--out", str(tmp_path / "notask")]) == 0
     twin = json.loads((tmp_path / "w" / "run-notask" / "training_config.json").read_text())
     assert twin["dataset"] == str(tmp_path / "w" / "data-one-task") and twin["task_loss_balance"] == 0.5
