@@ -32,8 +32,9 @@ Optional, not used by the committed model: ``--first-task add`` puts a curriculu
 pairs alone (``data-add-3200/``, the first ``--first-pairs`` of the task's sequence) for ``--first-steps`` at
 ``--first-lr`` (constant, the squared error for the first half, then l1, no loss balance) into ``run-first/``; step
 3 then starts from that UNet.
-Add without text positions learns where to draw alone but not inside the ten-task mixture
-(docs/shapesworld-experiments.md).
+Add without text positions does not learn where to draw inside the ten-task mixture; alone it learns the row and
+the column each by a jump whose timing varies by run (one run placed every held-out add after 4,600 steps, two
+reruns and seed 1 a quarter to a third; docs/shapesworld-experiments.md).
 
 Time: about 3.6 h for the UNet and 28 min for the anneal on 2 CPU cores (3.4–3.9 steps/s when nothing else
 runs; a two-thread run slows several-fold beside any other CPU work), under a minute for the rest; see
