@@ -103,6 +103,13 @@ def task_pairs(specs: list[str], per_task: int) -> dict[str, int]:
     return pairs
 
 
+def resume_of(out: Path) -> str | None:
+    """``"latest"`` when ``out`` holds a finished checkpoint (a rerun resumes that stage), else None (it starts)."""
+    from multiedit.training.state import checkpoint_dirs
+
+    return "latest" if checkpoint_dirs(out) else None
+
+
 def one_task_copy(data: Path, flat: Path) -> Path:
     """``data`` with every row's task set to "local" and the true task kept in a ``true_task`` column (for the
     loss balance), shard by shard, each written atomically."""
@@ -254,7 +261,7 @@ def main(argv=None) -> int:
         **{name: getattr(args, name) for name in PASSED_THROUGH},
         # the ablation's loss is balanced over the true tasks, as the model's, so only the task input differs
         loss_group_column="true_task" if args.no_task_embedding and args.task_loss_balance else None,
-        resume="latest" if (run / "checkpoints").is_dir() else None,
+        resume=resume_of(run),
     )
     if args.first_task:  # the curriculum's first stage: one task alone, from the base; the main stage starts there
         t = time.time()
@@ -269,7 +276,7 @@ def main(argv=None) -> int:
             **untouched, "dataset": str(first_data), "out": str(first), "max_steps": args.first_steps,
             "lr": args.first_lr, "lr_scheduler": "constant", "lr_warmup_steps": 0, "use_ema": False, "loss_type": "l1",
             "l2_warmup_steps": args.first_steps // 2, "task_loss_balance": 0.0, "loss_group_column": None,
-            "resume": "latest" if (first / "checkpoints").is_dir() else None}))
+            "resume": resume_of(first)}))
         cfg = dataclasses.replace(cfg, model=str(first))
         times["first_s"] = time.time() - t
 
@@ -282,7 +289,7 @@ def main(argv=None) -> int:
         train(dataclasses.replace(
             cfg, model=str(run), out=str(annealed), max_steps=args.anneal_steps, lr=args.anneal_lr,
             lr_scheduler="cosine", lr_warmup_steps=100, l2_warmup_steps=0, use_ema=False, seed=args.seed + 1,
-            resume="latest" if (annealed / "checkpoints").is_dir() else None))
+            resume=resume_of(annealed)))
         run = annealed
         times["anneal_s"] = time.time() - t
 

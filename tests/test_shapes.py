@@ -554,6 +554,17 @@ def test_inverting_a_held_out_task_on_the_default_model_lowers_its_loss_clearly(
     assert learned < 0.85 * zero, (learned, zero)
 
 
+def test_default_model_script_resumes_a_stage_only_from_a_finished_checkpoint(tmp_path):
+    """A stage killed before its first checkpoint finished leaves ``checkpoints/`` with a ``.tmp`` folder only: the
+    rerun starts that stage afresh instead of failing on ``--resume latest``."""
+    script = load_repo_module("scripts/train_shapes_default.py")
+    assert script.resume_of(tmp_path / "run") is None  # never started
+    (tmp_path / "run" / "checkpoints" / "checkpoint-0000250.tmp").mkdir(parents=True)
+    assert script.resume_of(tmp_path / "run") is None  # killed while writing its first checkpoint
+    (tmp_path / "run" / "checkpoints" / "checkpoint-0000250").mkdir()
+    assert script.resume_of(tmp_path / "run") == "latest"
+
+
 def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_path):
     """``scripts/train_shapes_default.py`` at toy size: dataset, preset, training, classifier, one saved pipeline
     with the settings and the time of each stage; a rerun resumes rather than redoing the finished work. The
