@@ -26,6 +26,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from . import classifier as _classifier  # noqa: F401  (diffusers finds TaskClassifierModel's module in sys.modules)
 from .errors import MultiEditError
 from .position_code import append_position_code, check_position_channels
+from .position_queries import PositionQueryUNet as _PositionQueryUNet  # also found in sys.modules by diffusers
 from .task_unet import TaskTokenEmbedding, add_task_table, task_table, widen_conv_in
 
 TaskSpec = str | int | None
@@ -109,7 +110,8 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_base(cls, path: str | Path, tasks: list[str] | None = None, task_token: bool = False,
-                  residual: bool = False, prediction_type: str | None = None, position_channels: int = 0, **kwargs):
+                  residual: bool = False, prediction_type: str | None = None, position_channels: int = 0,
+                  position_queries: int = 0, **kwargs):
         """Turn a Stable Diffusion or InstructPix2Pix pipeline folder into a task-conditioned pipeline.
 
         A 4-channel SD UNet is widened to 8 input channels with the new weights at zero (Brooks §3.2);
@@ -117,7 +119,8 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         ``tasks`` (default: every registered task). ``residual`` and ``prediction_type`` (``epsilon``,
         ``v_prediction`` or ``sample``, set on the scheduler) choose the parameterisation for training from here.
         ``position_channels`` appends that many coordinate channels (see :meth:`add_position_code`), also to a
-        folder that already holds a MultiEditPipeline, which is otherwise loaded as it is.
+        folder that already holds a MultiEditPipeline, which is otherwise loaded as it is; ``position_queries``
+        likewise gives the cross-attention queries that many coordinate features (see :meth:`add_position_queries`).
         """
         from .model_folder import check_pipeline_folder, load_components
 
@@ -138,6 +141,8 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
                                      "(a new task is taught with invert-task).")
             if position_channels:
                 pipe.add_position_code(position_channels)
+            if position_queries:
+                pipe.add_position_queries(position_queries)
             return pipe
         from .tasks import get_task, list_tasks
 
@@ -159,6 +164,8 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
         pipe = cls(**parts, task_tokens=tokens, task_names=names, residual=residual)
         if position_channels:
             pipe.add_position_code(position_channels)
+        if position_queries:
+            pipe.add_position_queries(position_queries)
         return pipe
 
     def add_position_code(self, channels: int) -> None:
@@ -174,6 +181,19 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
                                  "them (drop --position-channels) or start from a model without them.")
         widen_conv_in(self.unet, in_channels=self.unet.config.in_channels + channels)
         self.register_to_config(position_channels=channels)
+
+    def add_position_queries(self, channels: int) -> None:
+        """Make the UNet a :class:`~multiedit.position_queries.PositionQueryUNet`: every cross-attention query also
+        gets a learned map of ``channels`` coordinate features of its position, the maps at zero, so the pipeline
+        computes exactly what it did until training moves them. Task vectors inverted before no longer load
+        strictly (the backbone changed)."""
+        channels = check_position_channels(channels, "position_query_channels")
+        if self.unet.config.get("position_query_channels", 0):
+            raise MultiEditError(f"This model's UNet already has {self.unet.config.position_query_channels} position "
+                                 "query channels; keep them (drop --position-queries) or start from a model without.")
+        if not channels:
+            return
+        self.register_modules(unet=_PositionQueryUNet.from_unet(self.unet, channels))
 
     # ------------------------------------------------------------------ tasks
     @property

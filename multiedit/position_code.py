@@ -22,11 +22,10 @@ import torch
 from .errors import MultiEditError
 
 
-def check_position_channels(channels: int) -> int:
-    """``channels`` as an int, or a clear error unless it is 0 or a positive multiple of 4."""
+def check_position_channels(channels: int, name: str = "position_channels") -> int:
+    """``channels`` as an int, or a clear error naming ``name`` unless it is 0 or a positive multiple of 4."""
     if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 0 or channels % 4:
-        raise MultiEditError(f"position_channels={channels!r}; use 0 (off) or a positive multiple of 4 (an int), "
-                             "e.g. 16.")
+        raise MultiEditError(f"{name}={channels!r}; use 0 (off) or a positive multiple of 4 (an int), e.g. 16.")
     return int(channels)
 
 

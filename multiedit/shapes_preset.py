@@ -34,6 +34,7 @@ from 0.099 to 0.074 (identity 0.096).
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def position_table(text_encoder) -> torch.Tensor:
 
 
 def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_channels: int = 0,
-                            text_layers: int = 2, text_positions: bool = True) -> dict:
+                            text_layers: int = 2, text_positions: bool = True, position_queries: int = 0) -> dict:
     """Untrained ``vae``, ``text_encoder``, ``tokenizer``, ``unet`` and ``scheduler`` of the preset.
 
     ``pooled_text`` also feeds the instruction to every ResNet block, at every resolution: diffusers'
@@ -99,9 +100,14 @@ def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_c
     toy vocabulary, "red" one). On add alone (3,600 steps) it took the added shape's centre into the named cell
     from 15% to 44% of the test edits (docs/shapesworld-experiments.md). Word order is then lost, but the scene
     tells "make the red circle blue" from "make the blue circle red": only one of them names a shape it has.
+
+    ``position_queries`` (a multiple of 4; 0: off) builds a :class:`~multiedit.position_queries.PositionQueryUNet`
+    instead of the stock UNet: every cross-attention query also gets a learned map (zero at first) of that many
+    coordinate features of its position.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
+    from .position_queries import PositionQueryUNet
     from .task_unet import add_task_table
     from .tasks import list_tasks
 
@@ -113,7 +119,10 @@ def build_shapes_components(seed: int = 0, pooled_text: bool = False, position_c
         sample_size=RESOLUTION, mid_block_add_attention=False, norm_num_groups=1,
     )
     torch.manual_seed(seed + 2)
-    unet = UNet2DConditionModel(
+    unet_class = UNet2DConditionModel
+    if position_queries:
+        unet_class = functools.partial(PositionQueryUNet, position_query_channels=position_queries)
+    unet = unet_class(
         sample_size=RESOLUTION, in_channels=2 * LATENT_CHANNELS + position_channels, out_channels=LATENT_CHANNELS,
         block_out_channels=(16, 32, 64, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -184,19 +193,20 @@ def reconstruction_error(vae, images: torch.Tensor) -> float:
 
 def build_shapes_pipeline(out: str | Path | None = None, seed: int = 0, pooled_text: bool = False,
                           task_token: bool = False, position_channels: int = 0, text_layers: int = 2,
-                          text_positions: bool = True):
+                          text_positions: bool = True, position_queries: int = 0):
     """The untrained preset pipeline (its autoencoder exact by construction); saved to ``out`` when given.
     ``pooled_text``: see :func:`build_shapes_components`. ``task_token`` adds a
     :class:`~multiedit.task_unet.TaskTokenEmbedding` (the task also as one more cross-attention token, Emu Edit
     §3.2; rows start at zero). ``position_channels`` appends that many coordinate channels to the UNet input
     (``multiedit.position_code``; e.g. 16, so that the UNet can tell where "the top left" is). ``text_layers`` and
-    ``text_positions``: see :func:`build_shapes_components`. Returns the pipeline."""
+    ``text_positions``, ``position_queries``: see :func:`build_shapes_components`. Returns the pipeline."""
     from .pipeline import MultiEditPipeline
     from .task_unet import TaskTokenEmbedding
     from .tasks import list_tasks
 
     parts = build_shapes_components(seed, pooled_text=pooled_text, position_channels=position_channels,
-                                    text_layers=text_layers, text_positions=text_positions)
+                                    text_layers=text_layers, text_positions=text_positions,
+                                    position_queries=position_queries)
     make_exact_autoencoder(parts["vae"])
     # Stable Diffusion scales latents to unit variance (its 0.18215). Here latents are pixels in [-1, 1]
     # already; 1/std (3.3 on this world) would scale night/invert changes to ±6, far outside the noise.

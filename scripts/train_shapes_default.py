@@ -154,6 +154,10 @@ def main(argv=None) -> int:
     ap.add_argument("--position-channels", type=int, default=16,
                     help="Build the preset with this many coordinate channels appended to the UNet input (a multiple "
                          "of 4, e.g. 16; multiedit/position_code.py). The committed model: 16.")
+    ap.add_argument("--position-queries", type=int, default=0,
+                    help="Build the preset with a PositionQueryUNet: every cross-attention query also gets a learned "
+                         "map (zero at first) of this many coordinate features of its position (a multiple of 4, e.g. "
+                         "16; multiedit/position_queries.py). The committed model: 0.")
     ap.add_argument("--text-layers", type=int, default=0,
                     help="Transformer layers of the preset's random frozen text encoder (0: each word's state is its "
                          "own embedding plus its position's; benchmarks/probe_text_depth.py). The committed "
@@ -192,8 +196,10 @@ def main(argv=None) -> int:
                          "the true task stays in a true_task column that --task-loss-balance groups by, so only "
                          "the task input differs from the model.")
     args = ap.parse_args(argv)
-    if args.position_channels < 0 or args.position_channels % 4:
-        sys.exit(f"error: --position-channels {args.position_channels}; use 0 or a positive multiple of 4, e.g. 16.")
+    for flag in ("position_channels", "position_queries"):
+        if getattr(args, flag) < 0 or getattr(args, flag) % 4:
+            sys.exit(f"error: --{flag.replace('_', '-')} {getattr(args, flag)}; use 0 or a positive multiple of 4, "
+                     "e.g. 16.")
     if args.anneal_steps < 0 or args.anneal_lr <= 0:
         sys.exit(f"error: --anneal-steps {args.anneal_steps} --anneal-lr {args.anneal_lr}; use 0 or more steps and a "
                  "positive lr, e.g. --anneal-steps 6000 --anneal-lr 5e-4.")
@@ -235,11 +241,13 @@ def main(argv=None) -> int:
     if not (base / "model_index.json").is_file():
         build_shapes_pipeline(base, seed=args.seed, pooled_text=args.pooled_text, task_token=args.task_token,
                               position_channels=args.position_channels, text_layers=args.text_layers,
-                              text_positions=args.text_positions)
+                              text_positions=args.text_positions, position_queries=args.position_queries)
     else:
         built = {"--pooled-text": json.loads((base / "unet" / "config.json").read_text()).get("addition_embed_type")
                  == "text", "--task-token": (base / "task_tokens").is_dir(),
                  "--position-channels": json.loads((base / "model_index.json").read_text()).get("position_channels", 0),
+                 "--position-queries": json.loads((base / "unet" / "config.json").read_text()).get(
+                     "position_query_channels", 0),
                  "--text-layers": json.loads((base / "text_encoder" / "config.json").read_text())["num_hidden_layers"],
                  "--text-positions": bool(position_table(CLIPTextModel.from_pretrained(base / "text_encoder")).any())}
         for flag, was in built.items():

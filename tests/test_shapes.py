@@ -585,7 +585,7 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
             "--l2-warmup-steps", "1", "--pooled-text", "--timestep-bias-strategy", "later",
             "--timestep-bias-multiplier", "3", "--task-loss-balance", "0.5", "--task-token",
             "--lr-scheduler", "constant", "--lr-warmup-steps", "0", "--no-use-ema", "--text-layers", "1",
-            "--anneal-steps", "2", "--anneal-lr", "1e-4", "--first-task", "add", "--first-steps", "2",
+            "--anneal-steps", "2", "--anneal-lr", "1e-4", "--position-queries", "4", "--first-task", "add", "--first-steps", "2",
             "--first-lr", "3e-4", "--first-pairs", "2", "--position-channels", "4"]
     assert script.main(args) == 0
     settings = json.loads((tmp_path / "model" / "training_time.json").read_text())
@@ -617,6 +617,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert pipe.unet.config.addition_embed_type == "text" and settings["pooled_text"]  # --pooled-text built the base
     assert pipe.task_tokens is not None and pipe.task_tokens.embedding.weight.abs().sum() > 0  # trained, exported
     assert pipe.config.position_channels == 4 and pipe.unet.config.in_channels == 12  # 4 + 4 latent + 4 position
+    assert type(pipe.unet).__name__ == "PositionQueryUNet" and pipe.unet.config.position_query_channels == 4
+    assert all(p.weight.abs().sum() > 0 for p in pipe.unet.position_queries)  # trained from zero, exported
     assert pipe.text_encoder.config.num_hidden_layers == 1 and settings["text_layers"] == 1
     assert settings["text_positions"] and position_table(pipe.text_encoder).any()  # the default keeps the table
     tasks = load_edit_dataset(str(tmp_path / "w" / "data"))["task"]
@@ -632,6 +634,11 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
         script.main(args[:-2])
     with pytest.raises(SystemExit, match="--position-channels 6; use 0 or a positive multiple of 4"):
         script.main(args[:-1] + ["6"])
+    with pytest.raises(SystemExit, match="was built --position-queries 4; rerun with the same setting"):
+        at = args.index("--position-queries")
+        script.main(args[:at] + args[at + 2:])
+    with pytest.raises(SystemExit, match="--position-queries 2; use 0 or a positive multiple of 4"):
+        script.main(args + ["--position-queries", "2"])
     with pytest.raises(SystemExit, match="was built --text-layers 1; rerun with the same setting"):
         at = args.index("--text-layers")
         script.main(args[:at] + args[at + 2:])

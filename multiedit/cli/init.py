@@ -20,6 +20,10 @@ def register(sub) -> None:
     p.add_argument("--position-channels", type=int, default=0,
                    help="Append this many coordinate channels (sine-cosine of row and column; a multiple of 4, e.g. "
                         "16) to the UNet input, new conv_in weights at zero: lets a model learn 'top-left' (default 0).")
+    p.add_argument("--position-queries", type=int, default=0,
+                   help="Give every cross-attention query this many coordinate features through a learned map, at "
+                        "zero to start (a multiple of 4, e.g. 16; multiedit/position_queries.py): the words meet "
+                        "places where they are read (default 0).")
     p.add_argument("--classifier", help="A task classifier folder (multiedit classifier train) to hold as a component, "
                    "so `multiedit edit` works without --task.")
     p.set_defaults(func=run)
@@ -38,7 +42,8 @@ def run(args) -> int:
     check_output_path(out, "--out", "folder")
     pipe = MultiEditPipeline.from_base(args.base, tasks=args.tasks, task_token=args.task_token,
                                        residual=args.residual, prediction_type=args.prediction_type,
-                                       position_channels=args.position_channels)
+                                       position_channels=args.position_channels,
+                                       position_queries=args.position_queries)
     if args.classifier:
         pipe.attach_classifier(args.classifier)
     with atomic_dir(out) as tmp:

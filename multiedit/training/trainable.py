@@ -18,7 +18,8 @@ def apply_trainable(pipe, cfg):
 
     full: every UNet weight + the task table; tasks: the task table (and task tokens) only; lora: LoRA
     adapters on the attention projections (peft) + the task table, and ``conv_in`` too on a model with position
-    channels (only ``conv_in`` reads the code; LoRA would leave fresh, zero weights at zero). The task table is its
+    channels (only ``conv_in`` reads the code; LoRA would leave fresh, zero weights at zero), and the position-query
+    maps on a model with them, for the same reason. The task table is its
     own group, with no weight decay (decay would pull unseen tasks' vectors toward zero every step) and its own LR.
     """
     unet = pipe.unet
@@ -34,6 +35,8 @@ def apply_trainable(pipe, cfg):
                                     target_modules=LORA_TARGETS))
         if position:
             unet.conv_in.requires_grad_(True)
+        if unet.config.get("position_query_channels", 0):
+            unet.position_queries.requires_grad_(True)  # new weights at zero, like conv_in's for the code
     elif position and not unet.conv_in.weight[:, -position:].any():
         log.warning("The model's %d position channels have zero conv_in weights and --train-mode tasks keeps them "
                     "frozen: the code has no effect; train them with --train-mode full or lora.", position)
