@@ -34,7 +34,9 @@ pairs alone (``data-add-3200/``, the first ``--first-pairs`` of the task's seque
 3 then starts from that UNet.
 Add without text positions does not learn where to draw inside the ten-task mixture; alone it learns the row and
 the column each by a jump whose timing varies by run (one run placed every held-out add after 4,600 steps, two
-reruns and seed 1 a quarter to a third; docs/shapesworld-experiments.md).
+reruns and seed 1 a quarter to a third), unless the cross-attention queries get the coordinates
+(``--position-queries 16``): then add alone places every held-out add on seeds 0 and 1 by step 2,000
+(docs/shapesworld-experiments.md).
 
 Time: about 3.6 h for the UNet and 28 min for the anneal on 2 CPU cores (3.4–3.9 steps/s when nothing else
 runs; a two-thread run slows several-fold beside any other CPU work), under a minute for the rest; see
