@@ -185,14 +185,14 @@ class MultiEditPipeline(DiffusionPipeline, StableDiffusionMixin):
     def add_position_queries(self, channels: int) -> None:
         """Make the UNet a :class:`~multiedit.position_queries.PositionQueryUNet`: every cross-attention query also
         gets a learned map of ``channels`` coordinate features of its position, the maps at zero, so the pipeline
-        computes exactly what it did until training moves them. Task vectors inverted before no longer load
-        strictly (the backbone changed)."""
+        computes exactly what it did until training moves them; once trained, task vectors inverted before no
+        longer load strictly (the maps are part of the backbone's fingerprint)."""
         channels = check_position_channels(channels, "position_query_channels")
+        if not channels:
+            return
         if self.unet.config.get("position_query_channels", 0):
             raise MultiEditError(f"This model's UNet already has {self.unet.config.position_query_channels} position "
                                  "query channels; keep them (drop --position-queries) or start from a model without.")
-        if not channels:
-            return
         self.register_modules(unet=_PositionQueryUNet.from_unet(self.unet, channels))
 
     # ------------------------------------------------------------------ tasks

@@ -8,7 +8,7 @@ ResNet blocks and two downsamplings later. On ShapesWorld's add alone, such a mo
 
 :class:`PositionQueryUNet` is a ``UNet2DConditionModel`` whose every cross-attention layer adds a learned linear
 map of the sine-cosine code of each query's position (``position_code(C, h, w)`` at that layer's resolution, so
-a place has the same code at 16×16 and at 8×8) to its query: ``q = to_q(x) + P · code(pos)``. The score of a
+a place has nearly the same code at 16×16 and at 8×8) to its query: ``q = to_q(x) + P · code(pos)``. The score of a
 word's key is then ``to_q(x) · k + code(pos) · Pᵀk``, a term that can prefer "left" at the left whatever the
 features say (the relative position of GLIGEN's grounding tokens and of Transformer-XL's ``u``/``v`` terms, here
 absolute). The maps start at zero, so a new model computes exactly what the stock UNet with the same weights does;
@@ -34,7 +34,8 @@ from .position_code import check_position_channels, position_code
 
 
 class _SampleSize:
-    """The (height, width) of the UNet input of the current forward pass, shared by the processors."""
+    """The (height, width) of the UNet's latest input, shared by its processors. It is kept after the forward pass:
+    gradient checkpointing runs the attention again during the backward pass."""
 
     def __init__(self):
         self.hw: tuple[int, int] | None = None
@@ -42,13 +43,15 @@ class _SampleSize:
     def grid(self, tokens: int) -> tuple[int, int]:
         """The (h, w) of a layer with ``tokens`` queries: the input size halved (rounding up) until it fits."""
         if self.hw is None:
-            raise MultiEditError("A position-query attention layer ran outside PositionQueryUNet.forward.")
+            raise MultiEditError("A position-query attention layer ran before its PositionQueryUNet had an input; call "
+                                 "the UNet, not the layer alone.")
         h, w = self.hw
         while h * w > tokens and (h > 1 or w > 1):
             h, w = math.ceil(h / 2), math.ceil(w / 2)
         if h * w != tokens:
-            raise MultiEditError(f"An attention layer has {tokens} queries, which is no downsampling of the "
-                                 f"{self.hw[0]}×{self.hw[1]} input.")
+            raise MultiEditError(f"An attention layer has {tokens} queries, which is no halving of the "
+                                 f"{self.hw[0]}×{self.hw[1]} input; position queries need the stock UNet's "
+                                 "downsampling (stride 2, downsample_padding=1).")
         return h, w
 
 
@@ -66,7 +69,7 @@ class PositionQueryAttnProcessor:
         b, n, _ = hidden_states.shape
         h, w = self.size.grid(n)
         code = position_code(self.proj.in_features, h, w, device=hidden_states.device, dtype=hidden_states.dtype)
-        query = attn.to_q(hidden_states) + self.proj(code.flatten(1).T)
+        query = attn.to_q(hidden_states) + self.proj(code.flatten(1).T).to(hidden_states.device)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         key, value = attn.to_k(context), attn.to_v(context)
         if attention_mask is not None:
@@ -76,7 +79,8 @@ class PositionQueryAttnProcessor:
         def heads(t):  # (b, tokens, inner) -> (b, heads, tokens, head_dim)
             return t.view(b, -1, attn.heads, t.shape[-1] // attn.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads(query), heads(key), heads(value), attn_mask=attention_mask)
+        out = F.scaled_dot_product_attention(heads(query), heads(key), heads(value), attn_mask=attention_mask,
+                                             scale=attn.scale)
         out = out.transpose(1, 2).reshape(b, n, -1).to(query.dtype)
         return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
 
@@ -93,6 +97,9 @@ class PositionQueryUNet(UNet2DConditionModel):
     def __init__(self, position_query_channels: int = 16, **kwargs):
         super().__init__(**kwargs)
         channels = check_position_channels(position_query_channels, "position_query_channels")
+        if channels and self.config.downsample_padding != 1:
+            raise MultiEditError(f"downsample_padding={self.config.downsample_padding}; position queries find each "
+                                 "layer's grid by halving the input with rounding up, which needs downsample_padding=1.")
         self.register_to_config(position_query_channels=channels)
         self._sample_size = _SampleSize()
         layers = cross_attentions(self) if channels else []
@@ -100,7 +107,8 @@ class PositionQueryUNet(UNet2DConditionModel):
         for name, attn in layers:
             unsupported = [what for what, on in (("spatial_norm", attn.spatial_norm is not None),
                                                  ("group_norm", attn.group_norm is not None),
-                                                 ("norm_q", attn.norm_q is not None), ("norm_cross", attn.norm_cross),
+                                                 ("norm_q", attn.norm_q is not None),
+                                                 ("norm_k", attn.norm_k is not None), ("norm_cross", attn.norm_cross),
                                                  ("residual_connection", attn.residual_connection)) if on]
             if unsupported:
                 raise MultiEditError(f"{name} uses {', '.join(unsupported)}, which position queries do not support; "
@@ -112,19 +120,25 @@ class PositionQueryUNet(UNet2DConditionModel):
 
     def forward(self, sample: torch.Tensor, *args, **kwargs):
         self._sample_size.hw = tuple(sample.shape[-2:])
-        try:
-            return super().forward(sample, *args, **kwargs)
-        finally:
-            self._sample_size.hw = None
+        return super().forward(sample, *args, **kwargs)
+
+    def set_attn_processor(self, processor) -> None:
+        """Refused while the maps exist: any other processor would drop them silently (this also guards
+        ``fuse_qkv_projections``; diffusers' ``set_default_attn_processor`` refuses processors it does not know)."""
+        if self.config.position_query_channels:
+            raise MultiEditError("This PositionQueryUNet's attention processors carry its position-query maps; "
+                                 "another processor would drop them, so keep the model's own.")
+        super().set_attn_processor(processor)
 
     @classmethod
     def from_unet(cls, unet: UNet2DConditionModel, position_query_channels: int = 16) -> PositionQueryUNet:
         """A copy of a stock ``unet`` (same config and weights) with zero position-query maps."""
-        config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-        new = cls(position_query_channels=position_query_channels, **config)
+        new = cls.from_config({**unet.config, "position_query_channels": position_query_channels})
         missing, unexpected = new.load_state_dict(unet.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("position_queries.") for k in missing):
-            raise MultiEditError(f"Cannot copy this UNet into a PositionQueryUNet: {unexpected or missing}.")
+        foreign = unexpected + [k for k in missing if not k.startswith("position_queries.")]
+        if foreign:
+            raise MultiEditError(f"Cannot copy this UNet into a PositionQueryUNet: its weights differ from its config "
+                                 f"({', '.join(foreign[:3])}, ...); fuse or unload any adapters first.")
         return new.to(unet.device) if unet.dtype == new.dtype else new.to(unet.device, unet.dtype)
 
 

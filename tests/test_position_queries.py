@@ -47,11 +47,45 @@ def test_a_layer_finds_its_grid_by_halving_the_input_as_the_unet_downsamples():
     size = _SampleSize()
     size.hw = (10, 6)
     assert [size.grid(n) for n in (60, 15, 6, 2, 1)] == [(10, 6), (5, 3), (3, 2), (2, 1), (1, 1)]
-    with pytest.raises(MultiEditError, match="7 queries, which is no downsampling of the 10×6 input"):
+    with pytest.raises(MultiEditError, match="7 queries, which is no halving of the 10×6 input; .* downsample_padding=1"):
         size.grid(7)
     size.hw = None
-    with pytest.raises(MultiEditError, match="outside PositionQueryUNet.forward"):
+    with pytest.raises(MultiEditError, match="before its PositionQueryUNet had an input"):
         size.grid(60)
+
+
+def test_gradient_checkpointing_reruns_the_layers_in_backward_with_the_same_grid(zoo):
+    pipe = MultiEditPipeline.from_base(zoo("ip2p"), position_queries=4)
+    unet = pipe.unet
+    with torch.no_grad():
+        for p in unet.position_queries:
+            p.weight.normal_(generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, unet.config.in_channels, 8, 12, generator=g)
+    ctx = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
+    grads = []
+    for checkpointing in (False, True):
+        unet.zero_grad()
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        unet(x, torch.tensor([500]), ctx, class_labels=torch.tensor([0])).sample.square().mean().backward()
+        grads.append(torch.cat([p.weight.grad.flatten() for p in unet.position_queries]))
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_swapping_the_processors_is_refused_and_the_maps_are_in_the_fingerprint(zoo):
+    from multiedit.inversion.task_file import backbone_fingerprint
+
+    pipe = MultiEditPipeline.from_base(zoo("ip2p"), position_queries=4)
+    before = backbone_fingerprint(pipe.unet)
+    with pytest.raises(MultiEditError, match="carry its position-query maps"):
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+    with pytest.raises(MultiEditError, match="carry its position-query maps"):
+        pipe.fuse_qkv_projections()
+    with torch.no_grad():
+        pipe.unet.position_queries[0].weight[0, 0] = 1.0
+    assert backbone_fingerprint(pipe.unet) != before  # a task vector learned before the maps trained is flagged
 
 
 def test_init_makes_a_position_query_unet_that_edits_as_before_until_trained_and_saves_its_maps(zoo, tmp_path):

@@ -28,12 +28,13 @@ FORMAT_VERSION = 1
 def backbone_fingerprint(unet) -> str:
     """A short hash of backbone weights that a task vector depends on (not the task table itself).
 
-    It covers conv_in, the time embedding and conv_out: enough to tell two checkpoints apart, and
-    cheap (it reads a few small tensors, not the whole UNet).
+    It covers conv_in, the time embedding and conv_out (and a PositionQueryUNet's maps): enough to tell two
+    checkpoints apart, and cheap (it reads a few small tensors, not the whole UNet).
     """
     h = hashlib.sha256()
+    maps = [f"position_queries.{i}.weight" for i in range(len(getattr(unet, "position_queries", ())))]
     for name in ("conv_in.weight", "time_embedding.linear_1.weight", "time_embedding.linear_2.weight",
-                 "conv_out.weight", "conv_out.bias"):
+                 "conv_out.weight", "conv_out.bias", *maps):
         t = unet.get_parameter(name).detach().to("cpu", torch.float32).contiguous()
         h.update(name.encode())
         h.update(t.numpy().tobytes())

@@ -40,6 +40,10 @@ def apply_trainable(pipe, cfg):
     elif position and not unet.conv_in.weight[:, -position:].any():
         log.warning("The model's %d position channels have zero conv_in weights and --train-mode tasks keeps them "
                     "frozen: the code has no effect; train them with --train-mode full or lora.", position)
+    if (cfg.train_mode not in ("full", "lora") and unet.config.get("position_query_channels", 0)
+            and not any(p.any() for p in unet.position_queries.parameters())):
+        log.warning("The model's position-query maps are zero and --train-mode tasks keeps them frozen: they have no "
+                    "effect; train them with --train-mode full or lora.")
     table.requires_grad_(True)
     task_params = list(table.parameters())
     if pipe.task_tokens is not None:
