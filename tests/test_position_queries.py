@@ -142,3 +142,23 @@ def test_cli_rejects_a_query_channel_count_that_is_not_a_multiple_of_four(zoo, t
     err = capsys.readouterr().err
     assert code != 0 and "position_query_channels=6" in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_tasks_mode_warns_that_fresh_zero_maps_and_code_weights_stay_frozen(zoo, caplog):
+    from types import SimpleNamespace
+
+    from multiedit.training.trainable import apply_trainable
+
+    pipe = MultiEditPipeline.from_base(zoo("ip2p"), position_channels=4, position_queries=4)
+    cfg = SimpleNamespace(train_mode="tasks", task_lr=None, lr=1e-3, weight_decay=0.0, use_ema=False)
+    with caplog.at_level("WARNING", logger="multiedit.training.trainable"):
+        apply_trainable(pipe, cfg)
+    assert "position channels have zero conv_in weights" in caplog.text  # both warnings, not the first alone
+    assert "position-query maps are zero" in caplog.text
+    assert not any(p.requires_grad for p in pipe.unet.position_queries.parameters())
+    caplog.clear()
+    with torch.no_grad():
+        pipe.unet.position_queries[0].weight[0, 0] = 1.0  # trained maps: frozen on purpose, no warning
+    with caplog.at_level("WARNING", logger="multiedit.training.trainable"):
+        apply_trainable(pipe, cfg)
+    assert "position-query maps" not in caplog.text

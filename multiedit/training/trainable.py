@@ -25,6 +25,7 @@ def apply_trainable(pipe, cfg):
     unet = pipe.unet
     table = task_table(unet)
     position = pipe.config.get("position_channels", 0)
+    queries = unet.config.get("position_query_channels", 0)
     unet.requires_grad_(False)
     if cfg.train_mode == "full":
         unet.requires_grad_(True)
@@ -35,15 +36,15 @@ def apply_trainable(pipe, cfg):
                                     target_modules=LORA_TARGETS))
         if position:
             unet.conv_in.requires_grad_(True)
-        if unet.config.get("position_query_channels", 0):
+        if queries:
             unet.position_queries.requires_grad_(True)  # new weights at zero, like conv_in's for the code
-    elif position and not unet.conv_in.weight[:, -position:].any():
-        log.warning("The model's %d position channels have zero conv_in weights and --train-mode tasks keeps them "
-                    "frozen: the code has no effect; train them with --train-mode full or lora.", position)
-    if (cfg.train_mode not in ("full", "lora") and unet.config.get("position_query_channels", 0)
-            and not any(p.any() for p in unet.position_queries.parameters())):
-        log.warning("The model's position-query maps are zero and --train-mode tasks keeps them frozen: they have no "
-                    "effect; train them with --train-mode full or lora.")
+    else:  # tasks: fresh, zero weights stay zero
+        if position and not unet.conv_in.weight[:, -position:].any():
+            log.warning("The model's %d position channels have zero conv_in weights and --train-mode tasks keeps them "
+                        "frozen: the code has no effect; train them with --train-mode full or lora.", position)
+        if queries and not any(p.any() for p in unet.position_queries.parameters()):
+            log.warning("The model's position-query maps are zero and --train-mode tasks keeps them frozen: they have "
+                        "no effect; train them with --train-mode full or lora.")
     table.requires_grad_(True)
     task_params = list(table.parameters())
     if pipe.task_tokens is not None:
