@@ -245,11 +245,11 @@ def main(argv=None) -> int:
                               position_channels=args.position_channels, text_layers=args.text_layers,
                               text_positions=args.text_positions, position_queries=args.position_queries)
     else:
-        built = {"--pooled-text": json.loads((base / "unet" / "config.json").read_text()).get("addition_embed_type")
-                 == "text", "--task-token": (base / "task_tokens").is_dir(),
+        unet_config = json.loads((base / "unet" / "config.json").read_text())
+        built = {"--pooled-text": unet_config.get("addition_embed_type") == "text",
+                 "--task-token": (base / "task_tokens").is_dir(),
                  "--position-channels": json.loads((base / "model_index.json").read_text()).get("position_channels", 0),
-                 "--position-queries": json.loads((base / "unet" / "config.json").read_text()).get(
-                     "position_query_channels", 0),
+                 "--position-queries": unet_config.get("position_query_channels", 0),
                  "--text-layers": json.loads((base / "text_encoder" / "config.json").read_text())["num_hidden_layers"],
                  "--text-positions": bool(position_table(CLIPTextModel.from_pretrained(base / "text_encoder")).any())}
         for flag, was in built.items():
