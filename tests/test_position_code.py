@@ -109,10 +109,12 @@ def test_train_and_invert_keep_and_use_the_code(zoo, tmp_path):
     assert trained.load_task_embedding(learned) == "mirror"
 
 
-def test_cli_rejects_a_channel_count_that_is_not_a_multiple_of_four(zoo, tmp_path, capsys):
-    code = main(["init", "--base", str(zoo("ip2p")), "--out", str(tmp_path / "m"), "--position-channels", "6"])
+@pytest.mark.parametrize(("flag", "named"), [("--position-channels", "position_channels=6"),
+                                             ("--position-queries", "position_query_channels=6")])
+def test_cli_rejects_a_channel_count_that_is_not_a_multiple_of_four(zoo, tmp_path, capsys, flag, named):
+    code = main(["init", "--base", str(zoo("ip2p")), "--out", str(tmp_path / "m"), flag, "6"])
     err = capsys.readouterr().err
-    assert code != 0 and "position_channels=6" in err and "Traceback" not in err
+    assert code != 0 and named in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()
 
 

@@ -137,13 +137,6 @@ def test_training_moves_the_maps_from_zero_in_full_and_lora_modes_and_inversion_
     assert MultiEditPipeline.from_pretrained(tmp_path / "full").load_task_embedding(learned) == "mirror"
 
 
-def test_cli_rejects_a_query_channel_count_that_is_not_a_multiple_of_four(zoo, tmp_path, capsys):
-    code = main(["init", "--base", str(zoo("ip2p")), "--out", str(tmp_path / "m"), "--position-queries", "6"])
-    err = capsys.readouterr().err
-    assert code != 0 and "position_query_channels=6" in err and "Traceback" not in err
-    assert not (tmp_path / "m").exists()
-
-
 def test_tasks_mode_warns_that_fresh_zero_maps_and_code_weights_stay_frozen(zoo, caplog):
     from types import SimpleNamespace
 
