@@ -37,8 +37,22 @@ class _SampleSize:
     """The (height, width) of the UNet's latest input, shared by its processors. It is kept after the forward pass:
     gradient checkpointing runs the attention again during the backward pass."""
 
+    MAX_CODES = 16  # cached codes; a sampler or trainer uses a few sizes, a stream of new sizes must not grow it
+
     def __init__(self):
         self.hw: tuple[int, int] | None = None
+        self._codes: dict[tuple, torch.Tensor] = {}
+
+    def code(self, channels: int, h: int, w: int, device, dtype) -> torch.Tensor:
+        """``position_code(channels, h, w)`` as (h · w, channels) on ``device``, built once per size, device and
+        dtype (every layer of a level and every step reuse it: no host-to-device copy per layer). A code made in
+        inference mode is kept apart: autograd refuses to save an inference tensor for a later backward."""
+        key = (channels, h, w, torch.device(device), dtype, torch.is_inference_mode_enabled())
+        if key not in self._codes:
+            if len(self._codes) >= self.MAX_CODES:
+                self._codes.clear()
+            self._codes[key] = position_code(channels, h, w, device=device, dtype=dtype).flatten(1).T.contiguous()
+        return self._codes[key]
 
     def grid(self, tokens: int) -> tuple[int, int]:
         """The (h, w) of a layer with ``tokens`` queries: the input size halved (rounding up) until it fits."""
@@ -68,8 +82,8 @@ class PositionQueryAttnProcessor:
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         b, n, _ = hidden_states.shape
         h, w = self.size.grid(n)
-        code = position_code(self.proj.in_features, h, w, device=hidden_states.device, dtype=hidden_states.dtype)
-        query = attn.to_q(hidden_states) + self.proj(code.flatten(1).T).to(hidden_states.device)
+        code = self.size.code(self.proj.in_features, h, w, hidden_states.device, hidden_states.dtype)
+        query = attn.to_q(hidden_states) + self.proj(code)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         key, value = attn.to_k(context), attn.to_v(context)
         if attention_mask is not None:

@@ -74,6 +74,35 @@ def test_gradient_checkpointing_reruns_the_layers_in_backward_with_the_same_grid
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
+def test_the_code_is_built_once_per_size_and_a_sampling_pass_in_inference_mode_does_not_break_training(zoo):
+    pipe = MultiEditPipeline.from_base(zoo("ip2p"), position_queries=4)
+    unet, size = pipe.unet, pipe.unet._sample_size
+    with torch.no_grad():
+        for p in unet.position_queries:
+            p.weight.normal_(generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, unet.config.in_channels, 8, 12, generator=g)
+    ctx = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
+
+    def run():
+        return unet(x, torch.tensor([500]), ctx, class_labels=torch.tensor([0])).sample
+
+    with torch.inference_mode():  # a sampler may run here; its cached codes are inference tensors
+        sampled = run()
+    inference_codes = dict(size._codes)
+    assert {k[1:3] for k in inference_codes} == {(4, 6)}  # the 8×12 input halved once: the cross-attention level
+    for (channels, h, w, *_), code in inference_codes.items():
+        assert torch.equal(code, position_code(channels, h, w).flatten(1).T)
+    with torch.no_grad():
+        assert torch.equal(run(), sampled)
+    codes = dict(size._codes)
+    assert len(codes) == 2 * len(inference_codes)  # the same sizes, kept apart from the inference tensors
+    unet.train()
+    run().square().mean().backward()  # reusing an inference-mode code here would raise
+    assert all(p.weight.grad.abs().sum() > 0 for p in unet.position_queries)
+    assert size._codes.keys() == codes.keys() and all(size._codes[k] is v for k, v in codes.items())  # reused
+
+
 def test_swapping_the_processors_is_refused_and_the_maps_are_in_the_fingerprint(zoo):
     from multiedit.inversion.task_file import backbone_fingerprint
 
