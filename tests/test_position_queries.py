@@ -54,15 +54,19 @@ def test_a_layer_finds_its_grid_by_halving_the_input_as_the_unet_downsamples():
         size.grid(60)
 
 
-def test_gradient_checkpointing_reruns_the_layers_in_backward_with_the_same_grid(zoo):
-    pipe = MultiEditPipeline.from_base(zoo("ip2p"), position_queries=4)
-    unet = pipe.unet
+def _unet_with_random_maps(zoo):
+    """The tiny IP2P UNet with 4-channel position queries whose maps are random, and an 8×12 input for it."""
+    unet = MultiEditPipeline.from_base(zoo("ip2p"), position_queries=4).unet
     with torch.no_grad():
         for p in unet.position_queries:
             p.weight.normal_(generator=torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, unet.config.in_channels, 8, 12, generator=g)
-    ctx = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
+    return unet, x, torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
+
+
+def test_gradient_checkpointing_reruns_the_layers_in_backward_with_the_same_grid(zoo):
+    unet, x, ctx = _unet_with_random_maps(zoo)
     grads = []
     for checkpointing in (False, True):
         unet.zero_grad()
@@ -75,14 +79,8 @@ def test_gradient_checkpointing_reruns_the_layers_in_backward_with_the_same_grid
 
 
 def test_the_code_is_built_once_per_size_and_a_sampling_pass_in_inference_mode_does_not_break_training(zoo):
-    pipe = MultiEditPipeline.from_base(zoo("ip2p"), position_queries=4)
-    unet, size = pipe.unet, pipe.unet._sample_size
-    with torch.no_grad():
-        for p in unet.position_queries:
-            p.weight.normal_(generator=torch.Generator().manual_seed(2))
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, unet.config.in_channels, 8, 12, generator=g)
-    ctx = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
+    unet, x, ctx = _unet_with_random_maps(zoo)
+    size = unet._sample_size
 
     def run():
         return unet(x, torch.tensor([500]), ctx, class_labels=torch.tensor([0])).sample
