@@ -47,12 +47,16 @@ class _SampleSize:
         """``position_code(channels, h, w)`` as (h · w, channels) on ``device``, built once per size, device and
         dtype (every layer of a level and every step reuse it: no host-to-device copy per layer). A code made in
         inference mode is kept apart: autograd refuses to save an inference tensor for a later backward."""
+        if torch.compiler.is_compiling():  # a constant the compiler folds; the mode check would break the graph
+            return position_code(channels, h, w, device=device, dtype=dtype).flatten(1).T
         key = (channels, h, w, torch.device(device), dtype, torch.is_inference_mode_enabled())
-        if key not in self._codes:
+        code = self._codes.get(key)
+        if code is None:
             if len(self._codes) >= self.MAX_CODES:
                 self._codes.clear()
-            self._codes[key] = position_code(channels, h, w, device=device, dtype=dtype).flatten(1).T.contiguous()
-        return self._codes[key]
+            code = position_code(channels, h, w, device=device, dtype=dtype).flatten(1).T.contiguous()
+            self._codes[key] = code
+        return code
 
     def grid(self, tokens: int) -> tuple[int, int]:
         """The (h, w) of a layer with ``tokens`` queries: the input size halved (rounding up) until it fits."""

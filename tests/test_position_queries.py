@@ -99,6 +99,10 @@ def test_the_code_is_built_once_per_size_and_a_sampling_pass_in_inference_mode_d
     run().square().mean().backward()  # reusing an inference-mode code here would raise
     assert all(p.weight.grad.abs().sum() > 0 for p in unet.position_queries)
     assert size._codes.keys() == codes.keys() and all(size._codes[k] is v for k, v in codes.items())  # reused
+    with torch.no_grad():  # a 12×8 input's level, 6×4, has as many places as 4×6 but its own code
+        unet(x.transpose(-1, -2), torch.tensor([500]), ctx, class_labels=torch.tensor([0]))
+    new = {k: v for k, v in size._codes.items() if k not in codes}
+    assert [k[1:3] for k in new] == [(6, 4)] and torch.equal(next(iter(new.values())), position_code(4, 6, 4).flatten(1).T)
 
 
 def test_swapping_the_processors_is_refused_and_the_maps_are_in_the_fingerprint(zoo):
