@@ -34,8 +34,9 @@ from .position_code import check_position_channels, position_code
 
 
 class _SampleSize:
-    """The (height, width) of the UNet's latest input, shared by its processors. It is kept after the forward pass:
-    gradient checkpointing runs the attention again during the backward pass."""
+    """The (height, width) of the UNet's latest input, shared by its processors, and the position codes built for
+    the sizes it has seen. The size is kept after the forward pass: gradient checkpointing runs the attention again
+    during the backward pass."""
 
     MAX_CODES = 16  # cached codes; a sampler or trainer uses a few sizes, a stream of new sizes must not grow it
 
