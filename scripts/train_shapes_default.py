@@ -1,48 +1,52 @@
 """Train the embedded default model (``multiedit/assets/default-model/``) on ShapesWorld, on CPU.
 
-    .venv/bin/python scripts/train_shapes_default.py                 # reproduces the committed model (~4 h)
-    .venv/bin/python scripts/train_shapes_default.py --work /tmp/sw --max-steps 50 --anneal-steps 0  # a smoke run
+    .venv/bin/python scripts/train_shapes_default.py                 # reproduces the committed model (~3 h)
+    .venv/bin/python scripts/train_shapes_default.py --work /tmp/sw --max-steps 50 --first-steps 20 --anneal-steps 0
+                                                                     # a smoke run
 
 What it does, with the settings of the committed model (seed 0):
 
-1. ``write_shapes_dataset``: 3,200 training pairs per trained task (10 tasks: add, remove, local, texture,
-   background, global, style, detect, segment, color), 64×64, train phrasings only, seed 0.
+1. ``write_shapes_dataset``: training pairs for the 10 trained tasks (add, remove, local, texture, background,
+   global, style, detect, segment, color), 64×64, train phrasings only, seed 0: 3,200 per task (``--per-task``),
+   but add 9,600 and local 6,400 (``--task-pairs``), so the two tasks that must find a place or a shape are drawn
+   more often.
 2. ``build_shapes_pipeline`` (``multiedit/shapes_preset.py``): the toy preset. Its autoencoder is exact
    by construction (no training; see ``make_exact_autoencoder``): tiny AutoencoderKLs trained here on
    CPU reconstructed with L1 0.05–0.07, more than many edits change, so they capped edit accuracy. Its text
-   encoder is random, frozen and layer-free (``--text-layers 0``: each word's state is its own embedding plus
-   its position's), the instruction is also pooled into every ResNet block (``--pooled-text``), the task is
-   both the row of the task table added to the timestep embedding and one more cross-attention token
-   (``--task-token``, Emu Edit §3.2), and 16 coordinate channels are appended to the UNet input
-   (``--position-channels 16``, ``multiedit/position_code.py``) so that "at the top left" has a place to mean.
-3. ``multiedit.training.train``: residual diffusion predicting x0, zero terminal SNR, the task table trained
-   with the UNet; 36,000 steps of batch 8 at a constant lr 1e-3 (AdamW, no warm-up, no EMA), the squared error
-   for the first 24,000 steps and then the absolute error of the v it implies (``loss_type="l1"``), each task's
-   loss weighed by the inverse of its no-change loss (``--task-loss-balance 1``); latent cache (one variant;
-   ``augment="none"`` and no flips, because the world is exact and "left"/"right" are in the instructions);
-   conditioning dropout 5% (IP2P).
-4. The anneal (``--anneal-steps 6000``): 6,000 more steps from the trained UNet with a fresh AdamW, the lr
+   encoder is random, frozen, layer-free and position-free (``--text-layers 0 --no-text-positions``: each word's
+   state is its own embedding, wherever it stands), the instruction is also pooled into every ResNet block
+   (``--pooled-text``), the task is both the row of the task table added to the timestep embedding and one more
+   cross-attention token (``--task-token``, Emu Edit §3.2), 16 coordinate channels are appended to the UNet input
+   (``--position-channels 16``, ``multiedit/position_code.py``) and every cross-attention query gets a learned map
+   of 16 coordinate features (``--position-queries 16``, a ``PositionQueryUNet``, ``multiedit/position_queries.py``),
+   so that "at the top left" has a place to mean.
+3. The curriculum (``--first-task add``): add's first 3,200 pairs alone (``data-add-3200/``) for 3,000 steps of
+   batch 8 at a constant lr 1e-3 (``--first-steps``, ``--first-lr``), the squared error for the first half and then
+   the absolute error, no loss balance, into ``run-first/``. Beside nine other tasks add does not learn where to
+   draw from scratch; alone, with position queries, it places every held-out add by step 2,000.
+4. ``multiedit.training.train``, from that UNet: residual diffusion predicting x0, zero terminal SNR, the task
+   table trained with the UNet; 18,000 steps of batch 8 at a constant lr 1e-3 (AdamW, no warm-up, no EMA), the
+   squared error for the first 6,000 steps and then the absolute error of the v it implies (``loss_type="l1"``),
+   each task's loss weighed by the inverse of its no-change loss (``--task-loss-balance 1``); latent cache (one
+   variant; ``augment="none"`` and no flips, because the world is exact and "left"/"right" are in the
+   instructions); conditioning dropout 5% (IP2P).
+5. The anneal (``--anneal-steps 1500``): 1,500 more steps from the trained UNet with a fresh AdamW, the lr
    falling from 5e-4 to 0 (cosine, 100 warm-up steps), the absolute error, seed 1.
-5. ``train_classifier``: the task classifier, from the tiny zoo's ``classifier-base``, on 300 training
+6. ``train_classifier``: the task classifier, from the tiny zoo's ``classifier-base``, on 300 training
    instructions per task (train phrasings), 30 epochs at lr 1e-3; attached to the pipeline.
-6. The pipeline (with classifier) is saved to ``--out`` (default: the embedded default-model folder),
+7. The pipeline (with classifier) is saved to ``--out`` (default: the embedded default-model folder),
    with ``training_time.json`` (settings and the wall time of each stage).
 
-Optional, not used by the committed model: ``--first-task add`` puts a curriculum stage before step 3, that task's
-pairs alone (``data-add-3200/``, the first ``--first-pairs`` of the task's sequence) for ``--first-steps`` at
-``--first-lr`` (constant, the squared error for the first half, then l1, no loss balance) into ``run-first/``; step
-3 then starts from that UNet.
-Add without text positions does not learn where to draw inside the ten-task mixture; alone it learns the row and
-the column each by a jump whose timing varies by run (one run placed every held-out add after 4,600 steps, two
-reruns and seed 1 a quarter to a third), unless the cross-attention queries get the coordinates
-(``--position-queries 16``): then add alone places every held-out add on seeds 0 and 1 by step 2,000
-(docs/shapesworld-experiments.md).
+The previous default (36,000 steps without the curriculum and the position queries, with text positions and equal
+pairs) is ``--first-task none --position-queries 0 --text-positions --task-pairs add=3200 --max-steps 36000
+--l2-warmup-steps 24000 --anneal-steps 6000``; docs/shapesworld-experiments.md has it and every other experiment.
 
-Time: about 3.6 h for the UNet and 28 min for the anneal on 2 CPU cores (3.4–3.9 steps/s when nothing else
-runs; a two-thread run slows several-fold beside any other CPU work), under a minute for the rest; see
-``training_time.json`` for the committed run, which was stopped and resumed four times. Everything is seeded;
-on the same machine and library versions an uninterrupted rerun gives the same weights, elsewhere (or resumed)
-the same quality within noise.
+Time on 2 CPU cores, run beside its ``--no-task-embedding`` twin with one thread each (1.7–2.2 steps/s):
+20 min for the curriculum, 154 min for the main stage (in two legs: 9,000 steps, then resumed to 18,000) and 15 min
+for the anneal, under a minute for the rest; alone with two threads a run is faster (3.4–3.9 steps/s). The
+committed model's ``training_time.json`` has the settings and both legs' times.
+Everything is seeded; on the same machine and library versions an uninterrupted rerun gives the same weights,
+elsewhere (or resumed) the same quality within noise.
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ DEFAULT_OUT = ROOT / "multiedit" / "assets" / "default-model"
 # setting, which is TrainConfig's own default unless COMMITTED names it
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 COMMITTED = {"loss_type": "l1", "lr_scheduler": "constant", "lr_warmup_steps": 0, "use_ema": False,
-             "l2_warmup_steps": 24000, "task_loss_balance": 1.0}
+             "l2_warmup_steps": 6000, "task_loss_balance": 1.0}
+# the committed model's pairs per task, as multiples of --per-task, when no --task-pairs is given
+PAIR_FACTORS = {"add": 3, "local": 2}
 PASSED_THROUGH = ("loss_type", "lr_scheduler", "lr_warmup_steps", "use_ema", "snr_gamma", "huber_c", "l2_warmup_steps",
                   "timestep_bias_strategy", "timestep_bias_multiplier", "timestep_bias_portion", "task_loss_balance",
                   "torch_compile")
@@ -91,11 +97,14 @@ def instruction_rows(dataset_dir: Path, out: Path, per_task: int, seed: int) -> 
     return out
 
 
-def task_pairs(specs: list[str], per_task: int) -> dict[str, int]:
-    """Training pairs per trained task: ``per_task`` each, but N for every ``TASK=N`` in ``specs``."""
+def task_pairs(specs: list[str] | None, per_task: int) -> dict[str, int]:
+    """Training pairs per trained task: ``per_task`` each, but N for every ``TASK=N`` in ``specs``; without
+    ``specs`` (None), the committed model's: ``PAIR_FACTORS`` times ``per_task`` for add and local."""
     from multiedit.datagen.shapes import TRAINED_TASKS
 
     pairs = dict.fromkeys(TRAINED_TASKS, per_task)
+    if specs is None:
+        return pairs | {task: factor * per_task for task, factor in PAIR_FACTORS.items()}
     for spec in specs:
         task, sep, n = spec.partition("=")
         if not sep or task not in pairs or not n.isdigit() or int(n) < 1:
@@ -133,16 +142,19 @@ def one_task_copy(data: Path, flat: Path) -> Path:
     return flat
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The script's flags; their defaults are the committed model's settings."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="shapes-work", help="Folder for the dataset, the base model and the run.")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="Where the final pipeline (with classifier) goes.")
     ap.add_argument("--seed", type=int, default=0, help="Seed of everything (the committed model: 0).")
     ap.add_argument("--per-task", type=int, default=3200, help="Training pairs per task.")
-    ap.add_argument("--task-pairs", action="append", default=[], metavar="TASK=N",
+    ap.add_argument("--task-pairs", action="append", default=None, metavar="TASK=N",
                     help="Give one task N training pairs instead of --per-task (repeatable, e.g. --task-pairs "
-                         "add=9600): its pairs are drawn that much more often. The committed model: none.")
-    ap.add_argument("--max-steps", type=int, default=36000, help="UNet training steps.")
+                         "add=9600): its pairs are drawn that much more often. Given once or more, it replaces the "
+                         "default, which is the committed model's: add 3 and local 2 times --per-task (add=9600, "
+                         "local=6400).")
+    ap.add_argument("--max-steps", type=int, default=18000, help="UNet training steps (the committed model: 18000).")
     ap.add_argument("--batch-size", type=int, default=8, help="UNet batch size.")
     ap.add_argument("--lr", type=float, default=1e-3, help="UNet learning rate.")
     ap.add_argument("--pooled-text", action=argparse.BooleanOptionalAction, default=True,
@@ -156,36 +168,36 @@ def main(argv=None) -> int:
     ap.add_argument("--position-channels", type=int, default=16,
                     help="Build the preset with this many coordinate channels appended to the UNet input (a multiple "
                          "of 4, e.g. 16; multiedit/position_code.py). The committed model: 16.")
-    ap.add_argument("--position-queries", type=int, default=0,
+    ap.add_argument("--position-queries", type=int, default=16,
                     help="Build the preset with a PositionQueryUNet: every cross-attention query also gets a learned "
                          "map (zero at first) of this many coordinate features of its position (a multiple of 4, e.g. "
-                         "16; multiedit/position_queries.py). The committed model: 0.")
+                         "16; multiedit/position_queries.py). The committed model: 16.")
     ap.add_argument("--text-layers", type=int, default=0,
                     help="Transformer layers of the preset's random frozen text encoder (0: each word's state is its "
                          "own embedding plus its position's; benchmarks/probe_text_depth.py). The committed "
                          "model: 0.")
-    ap.add_argument("--text-positions", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--text-positions", action=argparse.BooleanOptionalAction, default=False,
                     help="Keep the random text encoder's position embeddings; --no-text-positions zeroes them, so a "
                          "word's state does not depend on where it stands (shapes_preset.build_shapes_components). "
-                         "The committed model: on.")
+                         "The committed model: off.")
     for name in PASSED_THROUGH:
         f = TRAIN_FIELDS[name]
         default = COMMITTED.get(name, f.default)
         add_field_argument(ap, f, default=default,
                            help=f"{f.metadata['help']} (TrainConfig.{name}; the committed model: {default})")
-    ap.add_argument("--anneal-steps", type=int, default=6000,
+    ap.add_argument("--anneal-steps", type=int, default=1500,
                     help="Then continue from the trained UNet for this many steps with a fresh AdamW and the lr "
                          "falling from --anneal-lr to 0 (cosine, 100 warm-up steps, seed + 1); 0: no second stage. "
-                         "The committed model: 6000.")
+                         "The committed model: 1500.")
     ap.add_argument("--anneal-lr", type=float, default=5e-4,
                     help="Peak lr of the --anneal-steps stage (the committed model: 5e-4).")
-    ap.add_argument("--first-task", default=None, metavar="TASK",
-                    help="Curriculum: before the main stage, train on this task's pairs alone (e.g. add, whose "
-                         "'where' the ten-task mixture does not learn from scratch) for --first-steps at --first-lr; "
-                         "the main stage then starts from that UNet. The committed model: none.")
-    ap.add_argument("--first-steps", type=int, default=4600,
+    ap.add_argument("--first-task", default="add", metavar="TASK",
+                    help="Curriculum: before the main stage, train on this task's pairs alone (add, whose 'where' "
+                         "the ten-task mixture does not learn from scratch) for --first-steps at --first-lr; the main "
+                         "stage then starts from that UNet; none: no such stage. The committed model: add.")
+    ap.add_argument("--first-steps", type=int, default=3000,
                     help="Steps of the --first-task stage (batch --batch-size, lr constant, the squared error for "
-                         "the first half, then the absolute error).")
+                         "the first half, then the absolute error). The committed model: 3000.")
     ap.add_argument("--first-lr", type=float, default=1e-3, help="Learning rate of the --first-task stage.")
     ap.add_argument("--first-pairs", type=int, default=3200,
                     help="Pairs of the --first-task stage: the first N of that task's seeded sequence (so a subset "
@@ -197,7 +209,13 @@ def main(argv=None) -> int:
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal); "
                          "the true task stays in a true_task column that --task-loss-balance groups by, so only "
                          "the task input differs from the model.")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.first_task == "none":
+        args.first_task = None
     for flag in ("position_channels", "position_queries"):
         if getattr(args, flag) < 0 or getattr(args, flag) % 4:
             sys.exit(f"error: --{flag.replace('_', '-')} {getattr(args, flag)}; use 0 or a positive multiple of 4, "
@@ -212,8 +230,8 @@ def main(argv=None) -> int:
     if args.first_task is not None and (args.first_task not in pairs or args.first_steps < 1 or args.first_lr <= 0
                                         or args.first_pairs < 1):
         sys.exit(f"error: --first-task {args.first_task} --first-steps {args.first_steps} --first-lr {args.first_lr} "
-                 f"--first-pairs {args.first_pairs}; use a trained task ({', '.join(pairs)}), 1 or more steps, a "
-                 "positive lr and 1 or more pairs, e.g. --first-task add --first-steps 4600 --first-lr 1e-3 "
+                 f"--first-pairs {args.first_pairs}; use a trained task ({', '.join(pairs)}) or none, 1 or more "
+                 "steps, a positive lr and 1 or more pairs, e.g. --first-task add --first-steps 3000 --first-lr 1e-3 "
                  "--first-pairs 3200.")
     if args.text_layers < 0:
         sys.exit(f"error: --text-layers {args.text_layers}; use 0 or more.")
@@ -320,7 +338,7 @@ def main(argv=None) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
     times["total_s"] = time.time() - t0
-    settings = {**vars(args), "times": {k: round(v, 1) for k, v in times.items()}}
+    settings = {**vars(args), "pairs": pairs, "times": {k: round(v, 1) for k, v in times.items()}}
     (tmp / "training_time.json").write_text(json.dumps(settings, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
