@@ -41,7 +41,7 @@ The previous default (36,000 steps without the curriculum and the position queri
 pairs) is ``--first-task none --position-queries 0 --text-positions --task-pairs add=3200 --max-steps 36000
 --l2-warmup-steps 24000 --anneal-steps 6000``; docs/shapesworld-experiments.md has it and every other experiment.
 
-Time on 2 CPU cores, run beside its ``--no-task-embedding`` twin with one thread each (1.7–2.2 steps/s):
+Time on 2 CPU cores, run beside its ``--no-task-embedding`` twin with one thread each (1.7–2.5 steps/s):
 20 min for the curriculum, 154 min for the main stage (in two legs: 9,000 steps, then resumed to 18,000) and 15 min
 for the anneal, under a minute for the rest; alone with two threads a run is faster (3.4–3.9 steps/s). The
 committed model's ``training_time.json`` has the settings and both legs' times.
@@ -174,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "16; multiedit/position_queries.py). The committed model: 16.")
     ap.add_argument("--text-layers", type=int, default=0,
                     help="Transformer layers of the preset's random frozen text encoder (0: each word's state is its "
-                         "own embedding plus its position's; benchmarks/probe_text_depth.py). The committed "
-                         "model: 0.")
+                         "own embedding, plus its position's unless --no-text-positions; "
+                         "benchmarks/probe_text_depth.py). The committed model: 0.")
     ap.add_argument("--text-positions", action=argparse.BooleanOptionalAction, default=False,
                     help="Keep the random text encoder's position embeddings; --no-text-positions zeroes them, so a "
                          "word's state does not depend on where it stands (shapes_preset.build_shapes_components). "
