@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "The committed model: 1500.")
     ap.add_argument("--anneal-lr", type=float, default=5e-4,
                     help="Peak lr of the --anneal-steps stage (the committed model: 5e-4).")
-    ap.add_argument("--first-task", default="add", metavar="TASK",
+    ap.add_argument("--first-task", default="add", metavar="TASK", type=lambda v: None if v == "none" else v,
                     help="Curriculum: before the main stage, train on this task's pairs alone (add, whose 'where' "
                          "the ten-task mixture does not learn from scratch) for --first-steps at --first-lr; the main "
                          "stage then starts from that UNet; none: no such stage. The committed model: add.")
@@ -214,8 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.first_task == "none":
-        args.first_task = None
     for flag in ("position_channels", "position_queries"):
         if getattr(args, flag) < 0 or getattr(args, flag) % 4:
             sys.exit(f"error: --{flag.replace('_', '-')} {getattr(args, flag)}; use 0 or a positive multiple of 4, "

@@ -570,6 +570,15 @@ def test_the_committed_default_model_was_trained_with_the_script_defaults():
     assert not differ, differ
 
 
+def test_default_model_script_first_task_none_turns_the_curriculum_off():
+    """The curriculum is on by default (the committed model's); ``--first-task none`` is how the previous default's
+    recipe, and any run without it, turns it off (``main`` skips the stage when the task is None)."""
+    script = load_repo_module("scripts/train_shapes_default.py")
+    assert script.build_parser().parse_args([]).first_task == "add"
+    assert script.build_parser().parse_args(["--first-task", "none"]).first_task is None
+    assert script.build_parser().parse_args(["--first-task", "remove"]).first_task == "remove"
+
+
 def test_default_model_script_resumes_a_stage_only_from_a_finished_checkpoint(tmp_path):
     """A stage killed before its first checkpoint finished leaves ``checkpoints/`` with a ``.tmp`` folder only: the
     rerun starts that stage afresh instead of failing on ``--resume latest``."""
