@@ -142,6 +142,27 @@ def one_task_copy(data: Path, flat: Path) -> Path:
     return flat
 
 
+def task_subset(data: Path, task: str, out: Path) -> Path:
+    """The rows of ``data`` whose true task (its ``true_task`` column when it has one, as the twin's one-label copy
+    does, else ``task``) is ``task``, shard by shard, each written atomically; shards without such rows are left out."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out.mkdir(exist_ok=True)
+    for shard in sorted(data.glob("*.parquet")):
+        done = out / shard.name
+        if done.is_file():
+            continue
+        table = pq.read_table(shard)
+        column = "true_task" if "true_task" in table.schema.names else "task"
+        table = table.filter(pc.equal(table[column], task))
+        if table.num_rows:
+            tmp = out / f".{shard.name}.tmp"
+            pq.write_table(table, tmp)
+            tmp.replace(done)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The script's flags; their defaults are the committed model's settings."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -204,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "of the main stage's when N is at most its count; default: the --per-task default). "
                          "Neither 3,200 nor 32,000 add pairs learn add's placement reliably in 4,600 steps "
                          "(docs/shapesworld-experiments.md).")
+    ap.add_argument("--focus-task", default=None, metavar="TASK", type=lambda v: None if v == "none" else v,
+                    help="After the main stage, train on this task's pairs of the main data alone for --focus-steps "
+                         "at --focus-lr (the main stage's settings otherwise), before the anneal; none: no such "
+                         "stage. The committed model: none.")
+    ap.add_argument("--focus-steps", type=int, default=1500, help="Steps of the --focus-task stage (e.g. 1500).")
+    ap.add_argument("--focus-lr", type=float, default=1e-3, help="Learning rate of the --focus-task stage (e.g. 1e-3).")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal); "
@@ -231,6 +258,10 @@ def main(argv=None) -> int:
                  f"--first-pairs {args.first_pairs}; use a trained task ({', '.join(pairs)}) or none, 1 or more "
                  "steps, a positive lr and 1 or more pairs, e.g. --first-task add --first-steps 3000 --first-lr 1e-3 "
                  "--first-pairs 3200.")
+    if args.focus_task is not None and (args.focus_task not in pairs or args.focus_steps < 1 or args.focus_lr <= 0):
+        sys.exit(f"error: --focus-task {args.focus_task} --focus-steps {args.focus_steps} --focus-lr {args.focus_lr}; "
+                 f"use a trained task ({', '.join(pairs)}) or none, 1 or more steps and a positive lr, e.g. "
+                 "--focus-task local --focus-steps 1500 --focus-lr 1e-3.")
     if args.text_layers < 0:
         sys.exit(f"error: --text-layers {args.text_layers}; use 0 or more.")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -309,6 +340,15 @@ def main(argv=None) -> int:
     t = time.time()
     train(cfg)
     times["unet_s"] = time.time() - t
+    if args.focus_task:  # one task's pairs alone, from the main stage's UNet, with its settings otherwise
+        t = time.time()
+        focused = run.with_name(f"{run.name}-{args.focus_task}")
+        focus_data = task_subset(data, args.focus_task, work / f"data-{args.focus_task}-only{twin}")
+        train(dataclasses.replace(cfg, model=str(run), dataset=str(focus_data), out=str(focused),
+                                  max_steps=args.focus_steps, lr=args.focus_lr, l2_warmup_steps=0,
+                                  resume=resume_of(focused)))
+        run = focused
+        times["focus_s"] = time.time() - t
     if args.anneal_steps:  # a fresh optimiser and a decaying lr settle what the constant lr left noisy
         t = time.time()
         annealed = run.with_name(run.name + "-anneal")

@@ -611,7 +611,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
             "--timestep-bias-multiplier", "3", "--task-loss-balance", "0.5", "--task-token",
             "--lr-scheduler", "constant", "--lr-warmup-steps", "0", "--no-use-ema", "--text-layers", "1",
             "--anneal-steps", "2", "--anneal-lr", "1e-4", "--position-queries", "4", "--first-task", "add", "--first-steps", "2",
-            "--first-lr", "3e-4", "--first-pairs", "2", "--position-channels", "4"]
+            "--first-lr", "3e-4", "--first-pairs", "2", "--focus-task", "local", "--focus-steps", "2", "--focus-lr", "2e-4",
+            "--position-channels", "4"]
     assert script.main(args) == 0
     settings = json.loads((tmp_path / "model" / "training_time.json").read_text())
     assert settings["max_steps"] == 2 and settings["seed"] == 0 and settings["times"]["unet_s"] > 0
@@ -630,14 +631,20 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     main_add = [r for r in load_edit_dataset(str(tmp_path / "w" / "data")) if r["task"] == "add"]
     assert [r["edit"] for r in first_rows] == [r["edit"] for r in main_add[:2]]  # the main stage's first two
     assert run["model"] == str(tmp_path / "w" / "run-first") and run["lr"] == 1e-3  # the main stage starts there
-    annealed = json.loads((tmp_path / "w" / "run-anneal" / "training_config.json").read_text())
-    assert annealed["model"] == str(tmp_path / "w" / "run") and settings["times"]["anneal_s"] > 0  # from the run
+    focused = json.loads((tmp_path / "w" / "run-local" / "training_config.json").read_text())
+    assert focused["model"] == str(tmp_path / "w" / "run") and settings["times"]["focus_s"] > 0  # from the main stage
+    assert (focused["max_steps"], focused["lr"], focused["l2_warmup_steps"]) == (2, 2e-4, 0)
+    assert focused["task_loss_balance"] == 0.5 and focused["loss_type"] == "l1"  # the main stage's settings
+    assert load_edit_dataset(focused["dataset"])["task"] == ["local", "local"]  # the main data's local pairs only
+    annealed = json.loads((tmp_path / "w" / "run-local-anneal" / "training_config.json").read_text())
+    assert annealed["model"] == str(tmp_path / "w" / "run-local") and settings["times"]["anneal_s"] > 0  # from it
+    assert annealed["dataset"] == str(tmp_path / "w" / "data")  # the anneal sees every task again
     assert (annealed["max_steps"], annealed["lr"], annealed["lr_scheduler"], annealed["seed"]) == (2, 1e-4, "cosine", 1)
     assert (annealed["l2_warmup_steps"], annealed["loss_type"], annealed["task_loss_balance"]) == (0, "l1", 0.5)
     pipe = MultiEditPipeline.from_pretrained(tmp_path / "model")
     assert pipe.task_classifier is not None and pipe.config.residual
     weights = "unet/diffusion_pytorch_model.safetensors"
-    saved, last = load_file(tmp_path / "model" / weights), load_file(tmp_path / "w" / "run-anneal" / weights)
+    saved, last = load_file(tmp_path / "model" / weights), load_file(tmp_path / "w" / "run-local-anneal" / weights)
     assert all(torch.equal(saved[k], last[k]) for k in last)  # the annealed UNet is the one saved
     assert pipe.unet.config.addition_embed_type == "text" and settings["pooled_text"]  # --pooled-text built the base
     assert pipe.task_tokens is not None and pipe.task_tokens.embedding.weight.abs().sum() > 0  # trained, exported
@@ -678,6 +685,8 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
         script.main(args + ["--first-task", "paint"])
     with pytest.raises(SystemExit, match="--first-pairs 0; use a trained task .* and 1 or more pairs"):
         script.main(args + ["--first-pairs", "0"])
+    with pytest.raises(SystemExit, match="--focus-task paint --focus-steps 2 --focus-lr 0.0002; use a trained task"):
+        script.main(args + ["--focus-task", "paint"])
     assert script.main(args + ["--no-task-embedding", "--out", str(tmp_path / "notask")]) == 0
     twin = json.loads((tmp_path / "w" / "run-notask" / "training_config.json").read_text())
     assert twin["dataset"] == str(tmp_path / "w" / "data-one-task") and twin["task_loss_balance"] == 0.5
@@ -685,6 +694,9 @@ def test_default_model_script_writes_a_loadable_pipeline_with_its_settings(tmp_p
     assert twin["model"] == str(tmp_path / "w" / "run-first-notask")  # its first stage saw add as the one label too
     twin_first = json.loads((tmp_path / "w" / "run-first-notask" / "training_config.json").read_text())
     assert set(load_edit_dataset(twin_first["dataset"])["task"]) == {"local"}
+    twin_focus = load_edit_dataset(json.loads((tmp_path / "w" / "run-notask-local" / "training_config.json")
+                                              .read_text())["dataset"])
+    assert twin_focus["task"] == twin_focus["true_task"] == ["local", "local"]  # its focus is on the true task
     flat = load_edit_dataset(str(tmp_path / "w" / "data-one-task"))
     assert set(flat["task"]) == {"local"} and set(flat["true_task"]) == set(TRAINED_TASKS)
 
