@@ -121,46 +121,55 @@ def resume_of(out: Path) -> str | None:
     return "latest" if checkpoint_dirs(out) else None
 
 
+def rewrite_shards(data: Path, out: Path, transform, kept=Path.is_file) -> Path:
+    """Every Parquet shard of ``data`` passed through ``transform`` (a pyarrow table to a table) into ``out`` under
+    its own name, each written atomically; a shard whose output ``kept`` accepts is not redone, and one that
+    ``transform`` empties is left out."""
+    import pyarrow.parquet as pq
+
+    from multiedit.io_utils import atomic_file
+
+    out.mkdir(exist_ok=True)
+    for shard in sorted(data.glob("*.parquet")):
+        done = out / shard.name
+        if done.is_file() and kept(done):
+            continue
+        table = transform(pq.read_table(shard))
+        if table.num_rows:
+            with atomic_file(done) as tmp:
+                pq.write_table(table, tmp)
+    return out
+
+
 def one_task_copy(data: Path, flat: Path) -> Path:
     """``data`` with every row's task set to "local" and the true task kept in a ``true_task`` column (for the
     loss balance), shard by shard, each written atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    flat.mkdir(exist_ok=True)
-    for shard in sorted(data.glob("*.parquet")):
-        done = flat / shard.name
-        if done.is_file() and "true_task" in pq.read_schema(done).names:
-            continue  # a copy made before the true_task column existed is made again
-        table = pq.read_table(shard)
+    def relabel(table):
         i = table.schema.get_field_index("task")
         table = table.append_column("true_task", table.column(i))
-        table = table.set_column(i, "task", pa.array(["local"] * table.num_rows))
-        tmp = flat / f".{shard.name}.tmp"
-        pq.write_table(table, tmp)
-        tmp.replace(done)
-    return flat
+        return table.set_column(i, "task", pa.array(["local"] * table.num_rows))
+
+    # a copy made before the true_task column existed is made again
+    return rewrite_shards(data, flat, relabel, kept=lambda done: "true_task" in pq.read_schema(done).names)
 
 
 def task_subset(data: Path, task: str, out: Path) -> Path:
     """The rows of ``data`` whose true task (its ``true_task`` column when it has one, as the twin's one-label copy
     does, else ``task``) is ``task``, shard by shard, each written atomically; shards without such rows are left out."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    out.mkdir(exist_ok=True)
-    for shard in sorted(data.glob("*.parquet")):
-        done = out / shard.name
-        if done.is_file():
-            continue
-        table = pq.read_table(shard)
-        column = "true_task" if "true_task" in table.schema.names else "task"
-        table = table.filter(pc.equal(table[column], task))
-        if table.num_rows:
-            tmp = out / f".{shard.name}.tmp"
-            pq.write_table(table, tmp)
-            tmp.replace(done)
-    return out
+    def rows_of_task(table):
+        return table.filter(pc.equal(table["true_task" if "true_task" in table.schema.names else "task"], task))
+
+    return rewrite_shards(data, out, rows_of_task)
+
+
+def task_or_none(value: str) -> str | None:
+    """A ``--first-task``/``--focus-task`` value: ``none`` turns the stage off."""
+    return None if value == "none" else value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "The committed model: 1500.")
     ap.add_argument("--anneal-lr", type=float, default=5e-4,
                     help="Peak lr of the --anneal-steps stage (the committed model: 5e-4).")
-    ap.add_argument("--first-task", default="add", metavar="TASK", type=lambda v: None if v == "none" else v,
+    ap.add_argument("--first-task", default="add", metavar="TASK", type=task_or_none,
                     help="Curriculum: before the main stage, train on this task's pairs alone (add, whose 'where' "
                          "the ten-task mixture does not learn from scratch) for --first-steps at --first-lr; the main "
                          "stage then starts from that UNet; none: no such stage. The committed model: add.")
@@ -225,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "of the main stage's when N is at most its count; default: the --per-task default). "
                          "Neither 3,200 nor 32,000 add pairs learn add's placement reliably in 4,600 steps "
                          "(docs/shapesworld-experiments.md).")
-    ap.add_argument("--focus-task", default=None, metavar="TASK", type=lambda v: None if v == "none" else v,
+    ap.add_argument("--focus-task", default=None, metavar="TASK", type=task_or_none,
                     help="After the main stage, train on this task's pairs of the main data alone for --focus-steps "
                          "at --focus-lr (the main stage's settings otherwise), before the anneal; none: no such "
                          "stage. The committed model: none.")

@@ -579,6 +579,28 @@ def test_default_model_script_first_task_none_turns_the_curriculum_off():
     assert script.build_parser().parse_args(["--first-task", "remove"]).first_task == "remove"
 
 
+def test_default_model_script_shard_copies_redo_an_outdated_copy_and_leave_out_empty_shards(tmp_path):
+    """The twin's one-label copy is made again for a shard copied before the ``true_task`` column existed; the focus
+    subset filters by the true task, so it works on that copy too, and a shard without the task is not written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    script = load_repo_module("scripts/train_shapes_default.py")
+    data, flat = tmp_path / "data", tmp_path / "flat"
+    data.mkdir()
+    pq.write_table(pa.table({"task": ["add", "local"], "edit": ["a", "l"]}), data / "train-a.parquet")
+    pq.write_table(pa.table({"task": ["add"], "edit": ["b"]}), data / "train-b.parquet")
+    flat.mkdir()
+    pq.write_table(pa.table({"task": ["add"], "edit": ["old"]}), flat / "train-b.parquet")  # an outdated copy
+    script.one_task_copy(data, flat)
+    b = pq.read_table(flat / "train-b.parquet").to_pydict()
+    assert b == {"task": ["local"], "edit": ["b"], "true_task": ["add"]}
+    sub = script.task_subset(flat, "local", tmp_path / "sub")
+    assert sorted(p.name for p in sub.iterdir()) == ["train-a.parquet"]  # train-b has no local row
+    assert pq.read_table(sub / "train-a.parquet").to_pydict()["edit"] == ["l"]
+    assert pq.read_table(script.task_subset(data, "add", tmp_path / "adds") / "train-b.parquet").num_rows == 1
+
+
 def test_default_model_script_resumes_a_stage_only_from_a_finished_checkpoint(tmp_path):
     """A stage killed before its first checkpoint finished leaves ``checkpoints/`` with a ``.tmp`` folder only: the
     rerun starts that stage afresh instead of failing on ``--resume latest``."""
