@@ -55,9 +55,11 @@ def describe_model(folder: Path) -> str:
     info = folder / "training_time.json"
     if info.is_file():
         meta = json.loads(info.read_text())
-        times, annealed = meta["times"], meta.get("anneal_steps", 0)
-        text += f" ({meta['max_steps']} steps, UNet {times['unet_s'] / 60:.1f} min" + (
-            f", then {annealed} annealed in {times['anneal_s'] / 60:.1f} min)" if annealed else ")")
+        times, annealed, focus = meta["times"], meta.get("anneal_steps", 0), meta.get("focus_task")
+        text += f" ({meta['max_steps']} steps, UNet {times['unet_s'] / 60:.1f} min"
+        if focus:
+            text += f", then {meta['focus_steps']} on {focus} alone in {times['focus_s'] / 60:.1f} min"
+        text += f", then {annealed} annealed in {times['anneal_s'] / 60:.1f} min)" if annealed else ")"
     return text
 
 
