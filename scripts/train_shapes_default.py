@@ -246,8 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="After the main stage, train on this task's pairs of the main data alone for --focus-steps "
                          "at --focus-lr (the main stage's settings otherwise), before the anneal; none: no such "
                          "stage. The committed model: local (it recolours the wrong shape in the ten-task mixture).")
-    ap.add_argument("--focus-steps", type=int, default=1500, help="Steps of the --focus-task stage (the committed model: 1500).")
-    ap.add_argument("--focus-lr", type=float, default=1e-3, help="Learning rate of the --focus-task stage (the committed model: 1e-3).")
+    ap.add_argument("--focus-steps", type=int, default=1500,
+                    help="Steps of the --focus-task stage (the committed model: 1500).")
+    ap.add_argument("--focus-lr", type=float, default=1e-3,
+                    help="Learning rate of the --focus-task stage (the committed model: 1e-3).")
     ap.add_argument("--classifier-epochs", type=int, default=30, help="Task classifier epochs.")
     ap.add_argument("--no-task-embedding", action="store_true",
                     help="Ablation: train with every sample labelled as one task (the task table carries no signal); "

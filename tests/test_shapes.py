@@ -486,8 +486,8 @@ def _edit_l1(pipe, rows, task):
 def test_default_model_beats_the_identity_edit_on_test_scenes(task):
     """The committed model, through the real pipeline (residual x0 prediction, zero-SNR DDIM, task token, position
     code), on test scenes worded with the training templates, for every trained task (the benchmark also has the
-    held-out wordings). Breaking the residual path, the scheduler,
-    the task ids, the task token, the position code or the position queries fails."""
+    held-out wordings). Breaking the residual path, the scheduler, the task ids, the task token, the position code or
+    the position queries fails."""
     from multiedit.datagen.shapes import make_example
     from multiedit.editing import load_pipeline
 
